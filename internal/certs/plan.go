@@ -1,0 +1,160 @@
+package certs
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/kpki/kpki/internal/pki"
+)
+
+// Action is what the planner decided for one leaf.
+type Action int
+
+// Actions, from cheapest to most expensive.
+const (
+	// Keep: the files are right; touch nothing.
+	Keep Action = iota
+	// Rebundle: the leaf is right but the CA bundle after it in the .crt file is not
+	// (the CA file gained or lost chain certificates); rewrite the file, sign nothing.
+	Rebundle
+	// Renew: sign a new certificate for the existing key.
+	Renew
+	// Issue: generate a new key and sign a certificate for it.
+	Issue
+)
+
+func (a Action) String() string {
+	return [...]string{"keep", "rebundle", "renew", "issue"}[a]
+}
+
+// Existing is what is on disk for a leaf; nil slices mean the file is missing.
+type Existing struct {
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// Decision is the planner's verdict for one leaf.
+type Decision struct {
+	Action Action
+	Reason string
+	// Cert is the current leaf certificate, when one parsed.
+	Cert *x509.Certificate
+	// Key is the existing key to keep (Renew, Rebundle, Keep); nil for Issue.
+	Key crypto.Signer
+}
+
+// CorruptError reports a cert or key file that exists but cannot be used.
+type CorruptError struct {
+	What string // "certificate" or "key"
+	Err  error
+}
+
+func (e *CorruptError) Error() string { return fmt.Sprintf("corrupt %s: %v", e.What, e.Err) }
+func (e *CorruptError) Unwrap() error { return e.Err }
+
+// Policy holds the renewal window.
+type Policy struct {
+	Now         time.Time
+	RenewBefore time.Duration
+}
+
+// Plan decides what to do with one leaf given what must be (want), what exists (ex)
+// and its signing CA. Corrupt files are reported as *CorruptError, never silently replaced.
+func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, error) {
+	var key crypto.Signer
+	if ex.KeyPEM != nil {
+		k, err := pki.ParseKey(ex.KeyPEM)
+		if err != nil {
+			return Decision{}, &CorruptError{What: "key", Err: err}
+		}
+		key = k
+	}
+	if ex.CertPEM == nil {
+		if key == nil {
+			return Decision{Action: Issue, Reason: "certificate and key missing"}, nil
+		}
+		return Decision{Action: Renew, Reason: "certificate missing", Key: key}, nil
+	}
+	certs, err := pki.ParseCerts(ex.CertPEM)
+	if err != nil {
+		return Decision{}, &CorruptError{What: "certificate", Err: err}
+	}
+	leaf := certs[0]
+	if key == nil {
+		return Decision{Action: Issue, Reason: "key missing", Cert: leaf}, nil
+	}
+	renew := func(reason string) (Decision, error) {
+		return Decision{Action: Renew, Reason: reason, Cert: leaf, Key: key}, nil
+	}
+	switch {
+	case !pki.KeyMatchesCert(key, leaf):
+		return renew("certificate does not match its key")
+	case !pol.Now.Before(leaf.NotAfter):
+		return renew(fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
+	case pol.Now.Add(pol.RenewBefore).After(leaf.NotAfter):
+		return renew(fmt.Sprintf("expires on %s, within the renewal window", leaf.NotAfter.UTC().Format(time.RFC3339)))
+	case pol.Now.Before(leaf.NotBefore):
+		return renew(fmt.Sprintf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339)))
+	case !bytes.Equal(leaf.RawIssuer, ca.Cert.RawSubject) || leaf.CheckSignatureFrom(ca.Cert) != nil:
+		return renew("not signed by the current CA")
+	case leaf.Subject.CommonName != want.CommonName || !sameSet(leaf.Subject.Organization, want.Organization):
+		return renew("subject differs from the profile")
+	case !sameUsages(leaf.ExtKeyUsage, want.ExtKeyUsage):
+		return renew("extended key usage differs from the profile")
+	}
+	if missing := MissingSANs(leaf, want); len(missing) > 0 {
+		return renew(fmt.Sprintf("missing SANs %v", missing))
+	}
+	if !bytes.Equal(ex.CertPEM, BuildCertFile(leaf, ca)) {
+		return Decision{Action: Rebundle, Reason: "CA bundle changed", Cert: leaf, Key: key}, nil
+	}
+	return Decision{Action: Keep, Cert: leaf, Key: key}, nil
+}
+
+// BuildCertFile returns the bytes of a leaf .crt file: the leaf, then its CA's bundle.
+func BuildCertFile(leaf *x509.Certificate, ca *pki.CA) []byte {
+	out := pki.EncodeCert(leaf)
+	bundle := ca.BundlePEM
+	if len(bundle) > 0 && bundle[len(bundle)-1] != '\n' {
+		bundle = append(append([]byte(nil), bundle...), '\n')
+	}
+	return append(out, bundle...)
+}
+
+// MissingSANs lists the names want requires that cert lacks.
+func MissingSANs(cert *x509.Certificate, want pki.LeafProfile) []string {
+	var missing []string
+	for _, d := range want.DNSNames {
+		if !slices.ContainsFunc(cert.DNSNames, func(x string) bool { return equalFold(x, d) }) {
+			missing = append(missing, d)
+		}
+	}
+	for _, ip := range want.IPs {
+		if !slices.ContainsFunc(cert.IPAddresses, func(x net.IP) bool { return x.Equal(ip) }) {
+			missing = append(missing, ip.String())
+		}
+	}
+	return missing
+}
+
+func equalFold(a, b string) bool { return bytes.EqualFold([]byte(a), []byte(b)) }
+
+func sameSet(a, b []string) bool {
+	x, y := slices.Clone(a), slices.Clone(b)
+	sort.Strings(x)
+	sort.Strings(y)
+	return slices.Equal(x, y)
+}
+
+func sameUsages(a, b []x509.ExtKeyUsage) bool {
+	x, y := slices.Clone(a), slices.Clone(b)
+	slices.Sort(x)
+	slices.Sort(y)
+	return slices.Equal(x, y)
+}

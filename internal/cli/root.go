@@ -1,0 +1,86 @@
+// Package cli builds kpki's command line: one file per command. Commands parse flags,
+// environment variables and the config file, call the packages that do the work, and
+// print results; they hold no PKI logic of their own.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Version is set at build time.
+var Version = "dev"
+
+// Execute runs the command line and returns the process exit code.
+func Execute(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "kpki: %s\n", oneLine(err.Error()))
+		if ec, ok := err.(interface{ ExitCode() int }); ok {
+			return ec.ExitCode()
+		}
+		return 1
+	}
+	return 0
+}
+
+func oneLine(s string) string {
+	out := []rune{}
+	for _, r := range s {
+		if r == '\n' {
+			out = append(out, ';', ' ')
+			continue
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "kpki",
+		Short:         "kpki manages the PKI of a Kubernetes cluster",
+		SilenceErrors: true,
+		SilenceUsage:  true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newServerCmd(), newTokenCmd(), newVersionCmd())
+	return root
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "kpki %s\n", Version)
+			return nil
+		},
+	}
+}
+
+func newLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// dataDirFlag registers --data-dir with its default.
+func dataDirFlag(cmd *cobra.Command, p *string) {
+	cmd.Flags().StringVarP(p, "data-dir", "d", "/var/lib/kpki", "data directory")
+}
+
+// configFlag registers --config.
+func configFlag(cmd *cobra.Command) {
+	cmd.Flags().String("config", DefaultConfigFile, "YAML config file whose keys are long flag names")
+}

@@ -1,0 +1,158 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// EmbeddedConfig describes the embedded etcd member of a server.
+type EmbeddedConfig struct {
+	Name          string
+	DataDir       string
+	LogFile       string
+	BindAddress   string
+	Advertise     string
+	ClientPort    int
+	PeerPort      int
+	ServerCert    string
+	ServerKey     string
+	ServerCA      string
+	PeerCert      string
+	PeerKey       string
+	PeerCA        string
+	ClientCert    string // used by kpki itself to talk to the member
+	ClientKey     string
+	InitialPeers  string // "name=https://ip:port,..." for a member joining a cluster
+	JoinExisting  bool
+	UnsafeNoFsync bool
+	StartTimeout  time.Duration
+}
+
+// Embedded is a running embedded etcd member and a client connected to it.
+type Embedded struct {
+	*Store
+	etcd *embed.Etcd
+}
+
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
+
+// ClientURL is the URL other processes use to reach the member.
+func (c EmbeddedConfig) ClientURL() string {
+	return "https://" + hostPort(c.Advertise, c.ClientPort)
+}
+
+// PeerURL is the member's advertised peer URL.
+func (c EmbeddedConfig) PeerURL() string {
+	return "https://" + hostPort(c.Advertise, c.PeerPort)
+}
+
+// CheckDatabase opens the member's database read-only to find corruption before etcd
+// itself does (etcd panics on a database it cannot open).
+func CheckDatabase(dataDir string) error {
+	db := filepath.Join(dataDir, "member", "snap", "db")
+	if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	b, err := bolt.Open(db, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
+	if err != nil {
+		return fmt.Errorf("etcd database %s cannot be opened: %w", db, err)
+	}
+	return b.Close()
+}
+
+// StartEmbedded starts the member and waits until it serves, then connects to it.
+func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+	if err := CheckDatabase(c.DataDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create etcd data dir %s: %w", c.DataDir, err)
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = c.Name
+	cfg.Dir = c.DataDir
+	bind := c.BindAddress
+	if bind == "" {
+		bind = "0.0.0.0"
+	}
+	lc, _ := url.Parse("https://" + hostPort(bind, c.ClientPort))
+	lp, _ := url.Parse("https://" + hostPort(bind, c.PeerPort))
+	ac, _ := url.Parse(c.ClientURL())
+	ap, _ := url.Parse(c.PeerURL())
+	cfg.ListenClientUrls = []url.URL{*lc}
+	cfg.ListenPeerUrls = []url.URL{*lp}
+	cfg.AdvertiseClientUrls = []url.URL{*ac}
+	cfg.AdvertisePeerUrls = []url.URL{*ap}
+	cfg.ListenMetricsUrls = nil
+	cfg.InitialCluster = c.Name + "=" + c.PeerURL()
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	if c.JoinExisting {
+		cfg.InitialCluster = c.InitialPeers
+		cfg.ClusterState = embed.ClusterStateFlagExisting
+	}
+	cfg.InitialClusterToken = "kpki"
+	cfg.ClientTLSInfo.CertFile = c.ServerCert
+	cfg.ClientTLSInfo.KeyFile = c.ServerKey
+	cfg.ClientTLSInfo.TrustedCAFile = c.ServerCA
+	cfg.ClientTLSInfo.ClientCertAuth = true
+	cfg.PeerTLSInfo.CertFile = c.PeerCert
+	cfg.PeerTLSInfo.KeyFile = c.PeerKey
+	cfg.PeerTLSInfo.TrustedCAFile = c.PeerCA
+	cfg.PeerTLSInfo.ClientCertAuth = true
+	cfg.UnsafeNoFsync = c.UnsafeNoFsync
+	cfg.LogLevel = "warn"
+	if c.LogFile != "" {
+		if err := os.MkdirAll(filepath.Dir(c.LogFile), 0o700); err != nil {
+			return nil, fmt.Errorf("create log dir: %w", err)
+		}
+		cfg.LogOutputs = []string{c.LogFile}
+	}
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("start embedded etcd (data %s): %w", c.DataDir, err)
+	}
+	timeout := c.StartTimeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd failed (log %s): %w", c.LogFile, err)
+	case <-time.After(timeout):
+		e.Server.Stop()
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd not ready after %s (log %s)", timeout, c.LogFile)
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+	st, err := Connect(ctx, []string{c.ClientURL()}, ClientTLS{CAFile: c.ServerCA, CertFile: c.ClientCert, KeyFile: c.ClientKey}, 10*time.Second)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return &Embedded{Store: st, etcd: e}, nil
+}
+
+// Close disconnects and stops the member.
+func (e *Embedded) Close() error {
+	err := e.Store.Close()
+	e.etcd.Close()
+	return err
+}
+
+// Err reports a fatal error of the running member.
+func (e *Embedded) Err() <-chan error { return e.etcd.Err() }

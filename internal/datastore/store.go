@@ -1,0 +1,209 @@
+// Package datastore is kpki's access to etcd: the embedded single-member etcd a server
+// runs by default and external etcd clusters, both through the etcd v3 client, with the
+// few operations kpki needs (get, create-only put, compare-and-swap update, atomic
+// replace, prefix listing, watch). It holds no PKI logic.
+package datastore
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound = errors.New("key not found")
+	ErrExists   = errors.New("key already exists")
+	ErrConflict = errors.New("key was changed concurrently")
+)
+
+// Store is a key-value datastore with revisions.
+type Store struct {
+	cli *clientv3.Client
+	// Endpoints is what the client connects to, for messages.
+	Endpoints []string
+}
+
+// ClientTLS names the files for mutual TLS to etcd; empty fields mean none.
+type ClientTLS struct {
+	CAFile, CertFile, KeyFile string
+}
+
+func (c ClientTLS) config() (*tls.Config, error) {
+	if c.CAFile == "" && c.CertFile == "" && c.KeyFile == "" {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("datastore CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("datastore CA file %s: no certificate found", c.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return nil, errors.New("datastore client certificate and key must be given together")
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("datastore client certificate %s / key %s: %w", c.CertFile, c.KeyFile, err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// Connect opens a client to endpoints and checks that the cluster answers within timeout.
+func Connect(ctx context.Context, endpoints []string, t ClientTLS, timeout time.Duration) (*Store, error) {
+	tlsCfg, err := t.config()
+	if err != nil {
+		return nil, err
+	}
+	for i, e := range endpoints {
+		endpoints[i] = strings.TrimSpace(e)
+		if tlsCfg != nil && strings.HasPrefix(endpoints[i], "http://") {
+			return nil, fmt.Errorf("datastore endpoint %s is plain http but TLS files were given", e)
+		}
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		TLS:         tlsCfg,
+		DialTimeout: timeout,
+		Logger:      zap.NewNop(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("datastore %s: %w", strings.Join(endpoints, ","), err)
+	}
+	s := &Store{cli: cli, Endpoints: endpoints}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := cli.Get(cctx, "/kpki-health"); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("datastore %s does not answer: %w", strings.Join(endpoints, ","), err)
+	}
+	return s, nil
+}
+
+// Close closes the client.
+func (s *Store) Close() error { return s.cli.Close() }
+
+// Client exposes the etcd client for membership operations.
+func (s *Store) Client() *clientv3.Client { return s.cli }
+
+// Get returns the value of key and its modification revision.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, int64, error) {
+	resp, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return nil, 0, fmt.Errorf("datastore get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, ErrNotFound
+	}
+	return resp.Kvs[0].Value, resp.Kvs[0].ModRevision, nil
+}
+
+// Keys lists the keys under prefix.
+func (s *Store) Keys(ctx context.Context, prefix string) ([]string, error) {
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("datastore list %s: %w", prefix, err)
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, string(kv.Key))
+	}
+	return out, nil
+}
+
+// Create writes key only if it does not exist (ErrExists otherwise).
+func (s *Store) Create(ctx context.Context, key string, value []byte) error {
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("datastore create %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return ErrExists
+	}
+	return nil
+}
+
+// Update replaces key's value if its modification revision is still rev (ErrConflict otherwise).
+func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) error {
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+		Then(clientv3.OpPut(key, string(value))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("datastore update %s: %w", key, err)
+	}
+	if !resp.Succeeded {
+		return ErrConflict
+	}
+	return nil
+}
+
+// Replace atomically deletes oldKey (which must still be at rev) and creates newKey.
+func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) error {
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", rev), clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
+		Then(clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("datastore replace %s: %w", oldKey, err)
+	}
+	if !resp.Succeeded {
+		return ErrConflict
+	}
+	return nil
+}
+
+// Put writes key unconditionally.
+func (s *Store) Put(ctx context.Context, key string, value []byte) error {
+	if _, err := s.cli.Put(ctx, key, string(value)); err != nil {
+		return fmt.Errorf("datastore put %s: %w", key, err)
+	}
+	return nil
+}
+
+// Watch returns a channel that receives the new modification revision each time key
+// changes, until ctx ends.
+func (s *Store) Watch(ctx context.Context, key string) <-chan int64 {
+	out := make(chan int64, 1)
+	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), key)
+	go func() {
+		defer close(out)
+		for resp := range wc {
+			for _, ev := range resp.Events {
+				select {
+				case out <- ev.Kv.ModRevision:
+				default:
+				}
+			}
+		}
+	}()
+	return out
+}
+
+// Healthy checks that the datastore answers a read within timeout.
+func (s *Store) Healthy(ctx context.Context, timeout time.Duration) error {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	_, err := s.cli.Get(cctx, "/kpki-health")
+	return err
+}

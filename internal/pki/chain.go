@@ -1,0 +1,131 @@
+package pki
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// IsSelfSigned reports whether c is signed by its own key.
+func IsSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
+
+// FindRoot walks from bundle[0] through the other certificates of bundle to a
+// self-signed root, preferring at each step an issuer that is itself self-signed, so
+// that a bundle holding a new root next to its cross-signed copy reaches the new root.
+// A single self-signed certificate is its own root.
+func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
+	if len(bundle) == 0 {
+		return nil, errors.New("empty certificate bundle")
+	}
+	cur := bundle[0]
+	seen := map[*x509.Certificate]bool{cur: true}
+	for !IsSelfSigned(cur) {
+		var next *x509.Certificate
+		for _, cand := range bundle[1:] {
+			if seen[cand] || !bytes.Equal(cand.RawSubject, cur.RawIssuer) || cur.CheckSignatureFrom(cand) != nil {
+				continue
+			}
+			if next == nil || (IsSelfSigned(cand) && !IsSelfSigned(next)) {
+				next = cand
+			}
+		}
+		if next == nil {
+			return nil, fmt.Errorf("no issuer of %q in the bundle: the file must hold the CA's chain up to a self-signed root", cur.Subject.String())
+		}
+		seen[next] = true
+		cur = next
+	}
+	return cur, nil
+}
+
+// CAHash is the hash a join token pins: SHA-256 of the raw CA file when it holds one
+// certificate; when it holds a chain, SHA-256 of the DER of the root that the first
+// certificate chains to. The result is 64 lowercase hex characters.
+func CAHash(bundlePEM []byte) (string, error) {
+	certs, err := ParseCerts(bundlePEM)
+	if err != nil {
+		return "", err
+	}
+	b := bundlePEM
+	if len(certs) > 1 {
+		root, err := FindRoot(certs)
+		if err != nil {
+			return "", err
+		}
+		b = root.Raw
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// VerifyChain checks at time now that bundle[0] chains, through the other certificates
+// in bundle, to a self-signed root in bundle, and returns that root.
+func VerifyChain(bundle []*x509.Certificate, now time.Time) (*x509.Certificate, error) {
+	root, err := FindRoot(bundle)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	inter := x509.NewCertPool()
+	for _, c := range bundle {
+		if IsSelfSigned(c) {
+			roots.AddCert(c)
+		} else {
+			inter.AddCert(c)
+		}
+	}
+	_, err = bundle[0].Verify(x509.VerifyOptions{
+		Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return root, nil
+}
+
+// CheckCA validates a CA loaded from files at time now: the key matches the first
+// certificate, which is a CA allowed to sign certificates, currently valid, and
+// chaining to a self-signed root within the bundle.
+func CheckCA(ca *CA, now time.Time) error {
+	c := ca.Cert
+	if !KeyMatchesCert(ca.Key, c) {
+		return errors.New("key does not match the certificate")
+	}
+	if !c.BasicConstraintsValid || !c.IsCA {
+		return fmt.Errorf("certificate %q is not a CA (basicConstraints CA:TRUE missing)", c.Subject.String())
+	}
+	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return fmt.Errorf("certificate %q may not sign certificates (keyUsage lacks keyCertSign)", c.Subject.String())
+	}
+	if now.After(c.NotAfter) {
+		return fmt.Errorf("certificate %q expired on %s", c.Subject.String(), c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(c.NotBefore) {
+		return fmt.Errorf("certificate %q is not valid before %s", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if _, err := VerifyChain(ca.Bundle, now); err != nil {
+		return fmt.Errorf("chain does not verify: %w", err)
+	}
+	return nil
+}
+
+// LoadCA parses a CA from its certificate file bytes and key file bytes. The key file
+// may hold several keys; the first must match the first certificate.
+func LoadCA(certPEM, keyPEM []byte) (*CA, error) {
+	certs, err := ParseCerts(certPEM)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ParseKey(keyPEM)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: certs[0], Key: key, Bundle: certs, BundlePEM: certPEM}, nil
+}

@@ -1,0 +1,250 @@
+// Package server runs a kpki server: the start-up sequence (datastore, bootstrap
+// reconcile, CAs, leaves, kubeconfigs, tokens), the embedded etcd member, the supervisor
+// API, metrics and the background renewer. Decisions about certificates come from
+// package certs, crypto from pki, file writes from datadir.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config is everything a server is told by flags, env and config file.
+type Config struct {
+	DataDir          string
+	Token            string
+	AgentToken       string
+	ServerURL        string
+	TLSSANs          []string
+	NodeName         string
+	NodeIPs          []string
+	BindAddress      string
+	AdvertiseAddress string
+	SupervisorPort   int
+	EtcdClientPort   int
+	EtcdPeerPort     int
+	APIServerPort    int
+
+	DatastoreEndpoint string
+	DatastoreCAFile   string
+	DatastoreCertFile string
+	DatastoreKeyFile  string
+
+	ClusterCIDR   string
+	ServiceCIDR   string
+	ClusterDomain string
+
+	CAValidityDays   int
+	CertValidityDays int
+	RenewBeforeDays  int
+	RenewInterval    time.Duration
+
+	MetricsAddress  string
+	WriteKubeconfig string
+
+	// EtcdUnsafeNoFsync trades durability for speed; for tests only.
+	EtcdUnsafeNoFsync bool
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		DataDir:          "/var/lib/kpki",
+		SupervisorPort:   9345,
+		EtcdClientPort:   2379,
+		EtcdPeerPort:     2380,
+		APIServerPort:    6443,
+		ServiceCIDR:      "10.43.0.0/16",
+		ClusterCIDR:      "10.42.0.0/16",
+		ClusterDomain:    "cluster.local",
+		CAValidityDays:   3650,
+		CertValidityDays: 365,
+		RenewBeforeDays:  90,
+		RenewInterval:    time.Hour,
+		MetricsAddress:   "127.0.0.1:9346",
+	}
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// resolved holds the values derived from Config once it is validated.
+type resolved struct {
+	nodeName    string
+	nodeIPs     []net.IP
+	bind        string
+	advertise   string
+	serviceIP   net.IP
+	sanList     []string
+	caValidity  time.Duration
+	validity    time.Duration
+	renewBefore time.Duration
+	datastore   []string
+}
+
+// resolve validates c and fills in defaults that depend on the machine.
+func (c *Config) resolve() (*resolved, error) {
+	r := &resolved{}
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	if c.DataDir == "" {
+		bad("--data-dir must not be empty")
+	} else if abs, err := filepath.Abs(c.DataDir); err != nil {
+		bad("--data-dir %s: %v", c.DataDir, err)
+	} else {
+		c.DataDir = abs
+	}
+	if c.WriteKubeconfig != "" {
+		if abs, err := filepath.Abs(c.WriteKubeconfig); err == nil {
+			c.WriteKubeconfig = abs
+		}
+	}
+	for name, p := range map[string]int{"--supervisor-port": c.SupervisorPort, "--etcd-client-port": c.EtcdClientPort,
+		"--etcd-peer-port": c.EtcdPeerPort, "--api-server-port": c.APIServerPort} {
+		if p < 1 || p > 65535 {
+			bad("%s %d is not a port number (1-65535)", name, p)
+		}
+	}
+	if c.DatastoreEndpoint == "" && c.EtcdClientPort == c.EtcdPeerPort {
+		bad("--etcd-client-port and --etcd-peer-port must differ")
+	}
+	if c.CAValidityDays < 1 || c.CertValidityDays < 1 {
+		bad("--ca-validity-days and --cert-validity-days must be at least 1")
+	}
+	if c.RenewBeforeDays < 0 || c.RenewBeforeDays >= c.CertValidityDays {
+		bad("--renew-before-days %d must be at least 0 and less than --cert-validity-days %d", c.RenewBeforeDays, c.CertValidityDays)
+	}
+	if c.RenewInterval <= 0 {
+		c.RenewInterval = time.Hour
+	}
+	r.caValidity = days(c.CAValidityDays)
+	r.validity = days(c.CertValidityDays)
+	r.renewBefore = days(c.RenewBeforeDays)
+
+	r.nodeName = strings.ToLower(c.NodeName)
+	if r.nodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			bad("cannot read the hostname for the node name: %v; set --node-name", err)
+		}
+		r.nodeName = strings.ToLower(h)
+	}
+	if !validNodeName(r.nodeName) {
+		bad("node name %q is not a valid DNS name (lower-case letters, digits, '-' and '.'); set --node-name", r.nodeName)
+	}
+	for _, s := range c.NodeIPs {
+		for _, part := range strings.Split(s, ",") {
+			ip := net.ParseIP(strings.TrimSpace(part))
+			if ip == nil {
+				bad("--node-ip %q is not an IP address", part)
+				continue
+			}
+			r.nodeIPs = append(r.nodeIPs, ip)
+		}
+	}
+	r.bind = c.BindAddress
+	if r.bind != "" && net.ParseIP(r.bind) == nil {
+		bad("--bind-address %q is not an IP address", r.bind)
+	}
+	r.advertise = c.AdvertiseAddress
+	if r.advertise != "" && net.ParseIP(r.advertise) == nil {
+		bad("--advertise-address %q is not an IP address", r.advertise)
+	}
+	if r.advertise == "" {
+		switch {
+		case len(r.nodeIPs) > 0:
+			r.advertise = r.nodeIPs[0].String()
+		case r.bind != "" && !net.ParseIP(r.bind).IsUnspecified():
+			r.advertise = r.bind
+		default:
+			r.advertise = defaultIP()
+		}
+	}
+	if len(r.nodeIPs) == 0 && net.ParseIP(r.advertise) != nil {
+		r.nodeIPs = []net.IP{net.ParseIP(r.advertise)}
+	}
+	prefix, err := netip.ParsePrefix(strings.Split(c.ServiceCIDR, ",")[0])
+	if err != nil {
+		bad("--service-cidr %q: %v", c.ServiceCIDR, err)
+	} else {
+		r.serviceIP = net.IP(prefix.Masked().Addr().Next().AsSlice())
+	}
+	if c.ClusterDomain == "" {
+		bad("--cluster-domain must not be empty")
+	}
+	for _, s := range c.TLSSANs {
+		if strings.TrimSpace(s) == "" {
+			bad("--tls-san must not be empty")
+		}
+	}
+	if c.DatastoreEndpoint != "" {
+		for _, e := range strings.Split(c.DatastoreEndpoint, ",") {
+			e = strings.TrimSpace(e)
+			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
+				bad("--datastore-endpoint %q must be an http:// or https:// URL", e)
+			}
+			r.datastore = append(r.datastore, e)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	san := append([]string{}, c.TLSSANs...)
+	san = append(san, r.advertise, "127.0.0.1", "::1", "localhost", r.nodeName)
+	for _, ip := range r.nodeIPs {
+		san = append(san, ip.String())
+	}
+	if r.serviceIP != nil {
+		san = append(san, r.serviceIP.String())
+	}
+	r.sanList = dedupe(san)
+	return r, nil
+}
+
+func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
+
+func validNodeName(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(n, ".") {
+		if !dnsLabel.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+func dedupe(in []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, s := range in {
+		s = strings.TrimSpace(s)
+		if s == "" || seen[s] {
+			continue
+		}
+		seen[s] = true
+		out = append(out, s)
+	}
+	return out
+}
+
+// defaultIP returns the first global unicast IPv4 address of the machine, or 127.0.0.1.
+func defaultIP() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil && n.IP.IsGlobalUnicast() {
+				return n.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}

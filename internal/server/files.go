@@ -1,0 +1,89 @@
+package server
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/kubeconfig"
+	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/token"
+)
+
+// kubeconfigs maps each cred/<name>.kubeconfig to the client certificate it uses.
+var kubeconfigs = []struct{ name, leaf string }{
+	{"admin", "client-admin"},
+	{"supervisor", "client-supervisor"},
+	{"controller", "client-controller"},
+	{"scheduler", "client-scheduler"},
+	{"api-server", "client-kube-apiserver"},
+	{"cloud-controller", "client-kpki-cloud-controller"},
+}
+
+func (s *Server) apiServerURL() string {
+	return "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.APIServerPort))
+}
+
+// writeDerived writes the files computed from the CAs and leaves: *.nochain.crt,
+// kubeconfigs, token files and --write-kubeconfig. Unchanged files are not rewritten.
+func (s *Server) writeDerived() error {
+	for _, c := range certs.CAs {
+		if c.NoChainFile == "" {
+			continue
+		}
+		if _, err := datadir.WriteIfChanged(s.layout.TLS(c.NoChainFile), pki.EncodeCert(s.cas[c.ID].Cert), 0o600); err != nil {
+			return err
+		}
+	}
+	serverCA := s.layout.TLS(certs.CA(certs.ServerCA).CertFile)
+	for _, k := range kubeconfigs {
+		crt, key := s.leafPaths(certs.ServerNode, k.leaf)
+		data, err := kubeconfig.RenderFiles(kubeconfig.Files{Server: s.apiServerURL(), CAFile: serverCA, ClientCertFile: crt, ClientKeyFile: key})
+		if err != nil {
+			return err
+		}
+		if _, err := datadir.WriteIfChanged(s.layout.Cred(k.name+".kubeconfig"), data, 0o600); err != nil {
+			return err
+		}
+	}
+	hash, err := pki.CAHash(s.cas[certs.ServerCA].BundlePEM)
+	if err != nil {
+		return fmt.Errorf("CA hash of %s: %w", serverCA, err)
+	}
+	if s.tok.CAHash != "" && s.tok.CAHash != hash {
+		return fmt.Errorf("token CA hash does not match the Cluster CA certificate hash: %s != %s", s.tok.CAHash, hash)
+	}
+	serverToken := token.Format(hash, "server", s.tok.Password) + "\n"
+	agentToken := token.Format(hash, "node", s.agentPassword) + "\n"
+	for path, data := range map[string]string{
+		s.layout.TokenFile():      serverToken,
+		s.layout.NodeTokenFile():  serverToken,
+		s.layout.AgentTokenFile(): agentToken,
+	} {
+		if _, err := datadir.WriteIfChanged(path, []byte(data), 0o600); err != nil {
+			return err
+		}
+	}
+	if s.cfg.WriteKubeconfig != "" {
+		crt, key := s.leafPaths(certs.ServerNode, "client-admin")
+		cert, err := os.ReadFile(crt)
+		if err != nil {
+			return err
+		}
+		keyPEM, err := os.ReadFile(key)
+		if err != nil {
+			return err
+		}
+		data, err := kubeconfig.RenderData(kubeconfig.Data{Server: s.apiServerURL(), CA: s.cas[certs.ServerCA].BundlePEM, ClientCert: cert, ClientKey: keyPEM})
+		if err != nil {
+			return err
+		}
+		if _, err := datadir.WriteIfChanged(s.cfg.WriteKubeconfig, data, 0o600); err != nil {
+			return fmt.Errorf("--write-kubeconfig: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,456 @@
+package server
+
+import (
+	"context"
+	"crypto/x509"
+		"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kpki/kpki/internal/audit"
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/token"
+)
+
+// startPKI brings the datastore and the PKI on disk to the state the cluster needs.
+func (s *Server) startPKI(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.embeddedEtcd() {
+		st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
+			CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
+		}, 15*time.Second)
+		if err != nil {
+			return err
+		}
+		s.store = st
+		found, _, err := s.reconcile(ctx)
+		if err != nil {
+			return err
+		}
+		if !found {
+			if err := s.initCAs(); err != nil {
+				return err
+			}
+		}
+		if err := s.buildPKI("start-up"); err != nil {
+			return err
+		}
+		if !found {
+			return s.saveRecord(ctx)
+		}
+		return nil
+	}
+
+	member := datadir.Exists(filepath.Join(s.layout.EtcdDir(), "member"))
+	if member {
+		if missing := s.missingCAFiles(); len(missing) > 0 {
+			return fmt.Errorf("etcd data exists in %s but CA files are missing (%s): restore them from a backup, or remove %s to start a new cluster",
+				s.layout.EtcdDir(), strings.Join(missing, ", "), s.layout.EtcdDir())
+		}
+	} else if err := s.initCAs(); err != nil {
+		return err
+	}
+	if err := s.buildPKI("start-up"); err != nil {
+		return err
+	}
+	if err := s.startEtcd(ctx); err != nil {
+		return err
+	}
+	found, changed, err := s.reconcile(ctx)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return s.saveRecord(ctx)
+	}
+	if len(changed) > 0 {
+		etcdBefore := s.etcdCertFingerprint()
+		if err := s.buildPKI("start-up"); err != nil {
+			return err
+		}
+		if s.etcdCertFingerprint() != etcdBefore {
+			s.log.Info("etcd certificates changed with the CAs from the datastore; restarting embedded etcd")
+			s.embedded.Close()
+			s.embedded, s.store = nil, nil
+			return s.startEtcd(ctx)
+		}
+	}
+	return nil
+}
+
+func (s *Server) startEtcd(ctx context.Context) error {
+	crt, key := s.leafPaths(certs.ServerNode, "etcd/server-client")
+	pcrt, pkey := s.leafPaths(certs.ServerNode, "etcd/peer-server-client")
+	ccrt, ckey := s.leafPaths(certs.ServerNode, "etcd/client")
+	e, err := datastore.StartEmbedded(ctx, datastore.EmbeddedConfig{
+		Name:          s.r.nodeName,
+		DataDir:       s.layout.EtcdDir(),
+		LogFile:       filepath.Join(s.layout.LogDir(), "etcd.log"),
+		BindAddress:   s.r.bind,
+		Advertise:     s.r.advertise,
+		ClientPort:    s.cfg.EtcdClientPort,
+		PeerPort:      s.cfg.EtcdPeerPort,
+		ServerCert:    crt,
+		ServerKey:     key,
+		ServerCA:      s.layout.TLS(certs.CA(certs.ETCDServerCA).CertFile),
+		PeerCert:      pcrt,
+		PeerKey:       pkey,
+		PeerCA:        s.layout.TLS(certs.CA(certs.ETCDPeerCA).CertFile),
+		ClientCert:    ccrt,
+		ClientKey:     ckey,
+		UnsafeNoFsync: s.cfg.EtcdUnsafeNoFsync,
+	})
+	if err != nil {
+		return err
+	}
+	s.embedded = e
+	s.store = e.Store
+	return nil
+}
+
+func (s *Server) etcdCertFingerprint() string {
+	var b strings.Builder
+	for _, n := range []string{"etcd/server-client", "etcd/peer-server-client", "etcd/client"} {
+		crt, _ := s.leafPaths(certs.ServerNode, n)
+		data, _ := os.ReadFile(crt)
+		b.Write(data)
+	}
+	for _, id := range []certs.CAID{certs.ETCDServerCA, certs.ETCDPeerCA} {
+		data, _ := os.ReadFile(s.layout.TLS(certs.CA(id).CertFile))
+		b.Write(data)
+	}
+	return b.String()
+}
+
+// buildPKI loads the CAs and brings every leaf and derived file up to date.
+func (s *Server) buildPKI(actor string) error {
+	if err := s.loadCAs(); err != nil {
+		return err
+	}
+	if err := s.ensureServiceKey(); err != nil {
+		return err
+	}
+	if err := s.ensurePasswd(); err != nil {
+		return err
+	}
+	if _, err := s.ensureLeaves(actor); err != nil {
+		return err
+	}
+	return s.writeDerived()
+}
+
+func (s *Server) caPaths(c certs.CASpec) (string, string) {
+	return s.layout.TLS(c.CertFile), s.layout.TLS(c.KeyFile)
+}
+
+func (s *Server) leafPaths(n certs.Node, name string) (string, string) {
+	base := s.layout.TLS(name)
+	if n == certs.AgentNode {
+		base = s.layout.Agent(name)
+	}
+	return base + ".crt", base + ".key"
+}
+
+func (s *Server) missingCAFiles() []string {
+	var missing []string
+	for _, c := range certs.CAs {
+		crt, key := s.caPaths(c)
+		for _, p := range []string{crt, key} {
+			if !datadir.Exists(p) {
+				missing = append(missing, p)
+			}
+		}
+	}
+	return missing
+}
+
+// initCAs is the first server's CA step: use a complete custom set found on disk,
+// generate all CAs when none is there, refuse a partial set.
+func (s *Server) initCAs() error {
+	missing := s.missingCAFiles()
+	switch {
+	case len(missing) == 0:
+		s.log.Info("using CA certificates found on disk", "dir", s.layout.TLS())
+		return nil
+	case len(missing) < 2*len(certs.CAs):
+		return fmt.Errorf("incomplete custom CA set in %s: missing %s (provide every CA file, or none to have kpki generate them)",
+			s.layout.TLS(), strings.Join(missing, ", "))
+	}
+	now := s.clock.Now()
+	for _, c := range certs.CAs {
+		key, err := s.issuer.NewECKey()
+		if err != nil {
+			return fmt.Errorf("generate %s key: %w", c.ID, err)
+		}
+		cn := c.CNPrefix + "@" + strconv.FormatInt(now.Unix(), 10)
+		cert, err := s.issuer.SelfSignedCA(key, cn, s.r.caValidity)
+		if err != nil {
+			return err
+		}
+		keyPEM, err := pki.EncodeKey(key)
+		if err != nil {
+			return err
+		}
+		crt, kf := s.caPaths(c)
+		if err := datadir.WritePair(crt, pki.EncodeCert(cert), kf, keyPEM); err != nil {
+			return err
+		}
+		s.metrics.Issued.WithLabelValues("ca").Inc()
+		s.auditCert("generate-ca", "kpki", crt, cert, nil)
+		s.log.Info("generated self-signed CA", "file", crt, "subject", cert.Subject.String(), "expires", cert.NotAfter)
+	}
+	return nil
+}
+
+// loadCAs reads and validates every CA on disk.
+func (s *Server) loadCAs() error {
+	cas := map[certs.CAID]*pki.CA{}
+	now := s.clock.Now()
+	for _, c := range certs.CAs {
+		crt, kf := s.caPaths(c)
+		certPEM, err := os.ReadFile(crt)
+		if err != nil {
+			return fmt.Errorf("read CA certificate: %w", err)
+		}
+		bundle, err := pki.ParseCerts(certPEM)
+		if err != nil {
+			return fmt.Errorf("CA certificate %s: %w", crt, err)
+		}
+		keyPEM, err := os.ReadFile(kf)
+		if err != nil {
+			return fmt.Errorf("read CA key: %w", err)
+		}
+		key, err := pki.ParseKey(keyPEM)
+		if err != nil {
+			return fmt.Errorf("CA key %s: %w", kf, err)
+		}
+		ca := &pki.CA{Cert: bundle[0], Key: key, Bundle: bundle, BundlePEM: certPEM}
+		if err := pki.CheckCA(ca, now); err != nil {
+			if !pki.KeyMatchesCert(key, bundle[0]) {
+				return fmt.Errorf("CA %s: key %s does not match the certificate", crt, kf)
+			}
+			return fmt.Errorf("CA %s: %w", crt, err)
+		}
+		cas[c.ID] = ca
+	}
+	s.cas = cas
+	return nil
+}
+
+func (s *Server) ensureServiceKey() error {
+	path := s.layout.TLS(certs.ServiceKeyFile)
+	data, err := datadir.ReadOptional(path)
+	if err != nil {
+		return err
+	}
+	if data == nil {
+		key, err := s.issuer.NewRSAKey(2048)
+		if err != nil {
+			return fmt.Errorf("generate service-account key: %w", err)
+		}
+		if data, err = pki.EncodeKey(key); err != nil {
+			return err
+		}
+		if err := datadir.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
+		s.log.Info("generated service-account key", "file", path)
+	}
+	first, err := pki.FirstKeyPEM(data)
+	if err != nil {
+		return fmt.Errorf("service-account key %s: %w", path, err)
+	}
+	_, err = datadir.WriteIfChanged(s.layout.TLS(certs.ServiceCurrentKeyFile), first, 0o600)
+	return err
+}
+
+// ensurePasswd makes sure cred/passwd holds the server and agent passwords.
+func (s *Server) ensurePasswd() error {
+	path := s.layout.PasswdFile()
+	data, err := datadir.ReadOptional(path)
+	if err != nil {
+		return err
+	}
+	if data != nil {
+		pw, err := ParsePasswd(data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if srv, ok := pw.Find("server"); ok {
+			if s.tok.Password == "" {
+				s.tok.Password = srv.Password
+			} else if srv.Password != s.tok.Password {
+				return fmt.Errorf("the token does not match the server password in %s; use the cluster's token, or `kpki token rotate` to change it", path)
+			}
+		}
+		if node, ok := pw.Find("node"); ok && s.agentPassword == "" {
+			s.agentPassword = node.Password
+		}
+		if _, ok := pw.Find("server"); ok {
+			if _, ok := pw.Find("node"); ok {
+				return nil
+			}
+		}
+	}
+	if s.tok.Password == "" {
+		p, err := token.GeneratePassword()
+		if err != nil {
+			return err
+		}
+		s.tok.Password = p
+	}
+	if s.agentPassword == "" {
+		s.agentPassword = s.tok.Password
+	}
+	content := fmt.Sprintf("%s,server,server,kpki:server\n%s,node,node,kpki:agent\n", s.tok.Password, s.agentPassword)
+	return datadir.WriteFile(path, []byte(content), 0o600)
+}
+
+// ensureLeaves plans and applies every server leaf; it returns the files it changed.
+func (s *Server) ensureLeaves(actor string) ([]string, error) {
+	var changed []string
+	pol := certs.Policy{Now: s.clock.Now(), RenewBefore: s.r.renewBefore}
+	params := s.params()
+	for _, l := range certs.Select(certs.ServerNode, nil) {
+		crt, kf := s.leafPaths(l.Node, l.Name)
+		certPEM, err := datadir.ReadOptional(crt)
+		if err != nil {
+			return nil, err
+		}
+		keyPEM, err := datadir.ReadOptional(kf)
+		if err != nil {
+			return nil, err
+		}
+		ca := s.cas[l.Signer]
+		want := l.Profile(params)
+		d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
+		if err != nil {
+			var ce *certs.CorruptError
+			file := crt
+			if errors.As(err, &ce) && ce.What == "key" {
+				file = kf
+			}
+			return nil, fmt.Errorf("%s: %w; remove the certificate and key, or run `kpki certificate rotate --service %s`, to have them issued again", file, err, l.Service)
+		}
+		switch d.Action {
+		case certs.Keep:
+			continue
+		case certs.Rebundle:
+			if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), 0o600); err != nil {
+				return nil, err
+			}
+			changed = append(changed, crt)
+			continue
+		}
+		key := d.Key
+		var keyOut []byte
+		if d.Action == certs.Issue {
+			k, err := s.issuer.NewECKey()
+			if err != nil {
+				return nil, err
+			}
+			key = k
+			if keyOut, err = pki.EncodeKey(k); err != nil {
+				return nil, err
+			}
+		}
+		cert, err := s.issuer.SignLeaf(ca, key.Public(), want, s.r.validity)
+		if err != nil {
+			return nil, err
+		}
+		if err := datadir.WritePair(crt, certs.BuildCertFile(cert, ca), kf, keyOut); err != nil {
+			return nil, err
+		}
+		changed = append(changed, crt)
+		action := "issue"
+		if d.Cert != nil {
+			action = "renew"
+		}
+		s.metrics.Issued.WithLabelValues(l.Kind).Inc()
+		s.auditCert(action, actor, crt, cert, d.Cert)
+		attrs := []any{"file", crt, "reason", d.Reason, "new-expiry", cert.NotAfter.UTC()}
+		if d.Cert != nil {
+			attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
+		}
+		if d.Action == certs.Issue {
+			attrs = append(attrs, "new-key", true)
+		}
+		s.log.Info(action+"d certificate", attrs...)
+	}
+	s.updateExpiryMetrics()
+	return changed, nil
+}
+
+func (s *Server) params() certs.Params {
+	return certs.Params{
+		NodeName:      s.r.nodeName,
+		NodeIPs:       s.r.nodeIPs,
+		ClusterDomain: s.cfg.ClusterDomain,
+		SANList:       s.r.sanList,
+	}
+}
+
+func (s *Server) auditCert(action, actor, file string, c, old *x509.Certificate) {
+	e := audit.CertEntry(action, actor, file, c, old)
+	e.Time = s.clock.Now().UTC()
+	if err := s.audit.Write(e); err != nil {
+		s.log.Warn("audit log write failed", "error", err)
+	}
+}
+
+func (s *Server) updateExpiryMetrics() {
+	s.metrics.CertExpiry.Reset()
+	record := func(file string) {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return
+		}
+		list, err := pki.ParseCerts(data)
+		if err != nil {
+			return
+		}
+		c := list[0]
+		s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), usageString(c)).Set(float64(c.NotAfter.Unix()))
+	}
+	for _, c := range certs.CAs {
+		crt, _ := s.caPaths(c)
+		record(crt)
+	}
+	for _, l := range certs.Select(certs.ServerNode, nil) {
+		crt, _ := s.leafPaths(l.Node, l.Name)
+		record(crt)
+	}
+}
+
+func usageString(c *x509.Certificate) string {
+	var u []string
+	if c.IsCA {
+		u = append(u, "ca")
+	}
+	for _, e := range c.ExtKeyUsage {
+		switch e {
+		case x509.ExtKeyUsageServerAuth:
+			u = append(u, "server")
+		case x509.ExtKeyUsageClientAuth:
+			u = append(u, "client")
+		}
+	}
+	return strings.Join(u, ",")
+}
+
+func (s *Server) serverCABundle() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ca := s.cas[certs.ServerCA]; ca != nil {
+		return ca.BundlePEM
+	}
+	return nil
+}

@@ -1,0 +1,338 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kpki/kpki/internal/audit"
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/metrics"
+	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/supervisor"
+	"github.com/kpki/kpki/internal/token"
+)
+
+// Options are the collaborators a server is given rather than configured with.
+type Options struct {
+	Log   *slog.Logger
+	Clock clock.Clock
+	Stats *pki.Stats
+}
+
+// Server is one kpki server process.
+type Server struct {
+	cfg    Config
+	r      *resolved
+	log    *slog.Logger
+	clock  clock.Clock
+	issuer *pki.Issuer
+	layout datadir.Layout
+
+	metrics *metrics.Metrics
+	audit   *audit.Log
+	sup     *supervisor.Supervisor
+
+	lock      *datadir.FileLock
+	supLn     net.Listener
+	metricsLn net.Listener
+
+	store    *datastore.Store
+	embedded *datastore.Embedded
+
+	mu            sync.Mutex // serializes PKI changes (start-up, renewer)
+	cas           map[certs.CAID]*pki.CA
+	tok           token.Token
+	agentPassword string
+	bootstrapKey  string
+	bootstrapRev  atomic.Int64
+
+	servingCertV atomic.Pointer[tls.Certificate]
+
+	ready  atomic.Bool
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	fatal  chan error
+}
+
+// New validates cfg and returns a server ready to Start.
+func New(cfg Config, opts Options) (*Server, error) {
+	r, err := cfg.resolve()
+	if err != nil {
+		return nil, err
+	}
+	// resolve made the paths absolute.
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.Real{}
+	}
+	s := &Server{
+		cfg:     cfg,
+		r:       r,
+		log:     opts.Log,
+		clock:   opts.Clock,
+		issuer:  pki.NewIssuer(opts.Clock, opts.Stats),
+		layout:  datadir.Layout{Root: cfg.DataDir},
+		metrics: metrics.New(),
+		fatal:   make(chan error, 1),
+	}
+	s.audit = audit.Open(s.layout.AuditLog())
+	if cfg.Token != "" {
+		t, err := token.Parse(cfg.Token)
+		if err != nil {
+			return nil, fmt.Errorf("--token: %w", err)
+		}
+		s.tok = t
+	}
+	if cfg.AgentToken != "" {
+		t, err := token.Parse(cfg.AgentToken)
+		if err != nil {
+			return nil, fmt.Errorf("--agent-token: %w", err)
+		}
+		s.agentPassword = t.Password
+	}
+	if cfg.ServerURL != "" {
+		return nil, errors.New("--server: joining an existing server is not supported by this build")
+	}
+	return s, nil
+}
+
+// Layout returns the server's data dir layout.
+func (s *Server) Layout() datadir.Layout { return s.layout }
+
+// Metrics returns the server's metrics.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+// SupervisorURL is the URL of the supervisor API.
+func (s *Server) SupervisorURL() string {
+	return "https://" + net.JoinHostPort(s.r.advertise, strconv.Itoa(s.cfg.SupervisorPort))
+}
+
+func (s *Server) embeddedEtcd() bool { return len(s.r.datastore) == 0 }
+
+// Run starts the server and serves until ctx ends or a component fails.
+func (s *Server) Run(ctx context.Context) error {
+	if err := s.Start(ctx); err != nil {
+		return err
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-s.fatal:
+	}
+	s.Stop()
+	return err
+}
+
+// Start runs the start-up sequence and launches the background work; it returns once
+// the server is ready, or with the error that stopped it.
+func (s *Server) Start(ctx context.Context) (err error) {
+	if err := s.preflight(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.release()
+		}
+	}()
+	if err := datadir.MkdirAll(s.layout.Server()); err != nil {
+		return fmt.Errorf("data dir %s cannot be written: %w", s.cfg.DataDir, err)
+	}
+	lock, err := datadir.Lock(s.layout.LockFile())
+	if err != nil {
+		if errors.Is(err, datadir.ErrLocked) {
+			return fmt.Errorf("another kpki server is running with data dir %s (lock %s held); stop it first", s.cfg.DataDir, s.layout.LockFile())
+		}
+		return err
+	}
+	s.lock = lock
+	if done, err := datadir.Recover(s.cfg.DataDir); err != nil {
+		return err
+	} else if len(done) > 0 {
+		s.log.Warn("completed interrupted file replacements", "journals", done)
+	}
+	if err := s.loadTokenFile(); err != nil {
+		return err
+	}
+	if err := s.startPKI(ctx); err != nil {
+		return err
+	}
+	if datadir.Exists(s.layout.ForceRestart()) {
+		if err := os.Remove(s.layout.ForceRestart()); err != nil {
+			return fmt.Errorf("remove %s: %w", s.layout.ForceRestart(), err)
+		}
+	}
+	if err := s.loadServingCert(); err != nil {
+		return err
+	}
+	s.sup = supervisor.New(supervisor.Config{Log: s.log, CACerts: s.serverCABundle, Ready: s.readyCheck})
+	s.sup.SetCertificate(s.servingCert())
+
+	bctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	s.goBackground(func() error { return s.sup.Serve(bctx, s.supLn) }, "supervisor")
+	if s.metricsLn != nil {
+		s.goBackground(func() error { return serveMetrics(bctx, s.metricsLn, s.metrics.Handler()) }, "metrics")
+	}
+	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
+	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
+	if s.embedded != nil {
+		e := s.embedded
+		s.goBackground(func() error {
+			select {
+			case err := <-e.Err():
+				return fmt.Errorf("embedded etcd: %w", err)
+			case <-bctx.Done():
+				return nil
+			}
+		}, "etcd")
+	}
+	s.ready.Store(true)
+	s.log.Info("kpki server is ready", "token", s.layout.TokenFile(), "supervisor", s.SupervisorURL(), "data-dir", s.cfg.DataDir)
+	return nil
+}
+
+func (s *Server) goBackground(f func() error, name string) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f(); err != nil {
+			s.log.Error("component failed", "component", name, "error", err)
+			select {
+			case s.fatal <- fmt.Errorf("%s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+// Fatal delivers the first error of a background component.
+func (s *Server) Fatal() <-chan error { return s.fatal }
+
+// Stop shuts everything down and releases the data dir.
+func (s *Server) Stop() {
+	s.ready.Store(false)
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	s.release()
+}
+
+func (s *Server) release() {
+	if s.supLn != nil {
+		s.supLn.Close()
+	}
+	if s.metricsLn != nil {
+		s.metricsLn.Close()
+	}
+	if s.embedded != nil {
+		s.embedded.Close()
+		s.embedded = nil
+	} else if s.store != nil {
+		s.store.Close()
+	}
+	s.store = nil
+	if s.lock != nil {
+		s.lock.Unlock()
+		s.lock = nil
+	}
+}
+
+// preflight takes the listening sockets before anything is written, so that a port in
+// use fails the start with nothing changed.
+func (s *Server) preflight() error {
+	bind := s.r.bind
+	if bind == "" {
+		bind = "0.0.0.0"
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(bind, strconv.Itoa(s.cfg.SupervisorPort)))
+	if err != nil {
+		return fmt.Errorf("supervisor port %d on %s is not available: %w", s.cfg.SupervisorPort, bind, err)
+	}
+	s.supLn = ln
+	if s.cfg.MetricsAddress != "" {
+		ml, err := net.Listen("tcp", s.cfg.MetricsAddress)
+		if err != nil {
+			s.supLn.Close()
+			return fmt.Errorf("metrics address %s is not available: %w", s.cfg.MetricsAddress, err)
+		}
+		s.metricsLn = ml
+	}
+	if s.embeddedEtcd() {
+		for _, p := range []struct {
+			name string
+			port int
+		}{{"etcd client port", s.cfg.EtcdClientPort}, {"etcd peer port", s.cfg.EtcdPeerPort}} {
+			l, err := net.Listen("tcp", net.JoinHostPort(bind, strconv.Itoa(p.port)))
+			if err != nil {
+				s.release()
+				return fmt.Errorf("%s %d on %s is not available: %w", p.name, p.port, bind, err)
+			}
+			l.Close()
+		}
+	}
+	return nil
+}
+
+func (s *Server) readyCheck(ctx context.Context) error {
+	if !s.ready.Load() {
+		return errors.New("server is starting")
+	}
+	st := s.store
+	if st == nil {
+		return errors.New("datastore is not open")
+	}
+	if err := st.Healthy(ctx, 3*time.Second); err != nil {
+		return fmt.Errorf("datastore: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) loadServingCert() error {
+	crt, key := s.leafPaths(certs.ServerNode, "serving-supervisor")
+	c, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return fmt.Errorf("load supervisor certificate %s: %w", crt, err)
+	}
+	s.servingCertV.Store(&c)
+	if s.sup != nil {
+		s.sup.SetCertificate(&c)
+	}
+	return nil
+}
+
+func (s *Server) servingCert() *tls.Certificate { return s.servingCertV.Load() }
+
+func serveMetrics(ctx context.Context, ln net.Listener, h http.Handler) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}

@@ -1,0 +1,131 @@
+// Package supervisor is kpki's HTTPS API (SPEC §7): the unauthenticated endpoints a
+// joining node uses before it trusts the cluster (/cacerts, /ping, /readyz) and the
+// /v1-kpki endpoints. It serves a certificate that can be replaced while running and
+// answers errors as JSON with an id that is also logged. It decides nothing about the
+// PKI itself: the server hands it functions to call.
+package supervisor
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+)
+
+// Config is what the supervisor needs from the server.
+type Config struct {
+	Log *slog.Logger
+	// CACerts returns the server CA bundle served at /cacerts.
+	CACerts func() []byte
+	// Ready returns nil when the datastore and the PKI are ready.
+	Ready func(ctx context.Context) error
+}
+
+// Supervisor is the HTTPS API.
+type Supervisor struct {
+	cfg  Config
+	cert atomic.Pointer[tls.Certificate]
+	mux  *http.ServeMux
+}
+
+// New builds the API.
+func New(cfg Config) *Supervisor {
+	s := &Supervisor{cfg: cfg, mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /cacerts", s.cacerts)
+	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprint(w, "pong")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.Error(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+	return s
+}
+
+// Handle registers an additional endpoint (pattern as for http.ServeMux).
+func (s *Supervisor) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// SetCertificate replaces the serving certificate; new connections use it at once.
+func (s *Supervisor) SetCertificate(c *tls.Certificate) { s.cert.Store(c) }
+
+// Certificate returns the serving certificate.
+func (s *Supervisor) Certificate() *tls.Certificate { return s.cert.Load() }
+
+// TLSConfig is the server-side TLS configuration.
+func (s *Supervisor) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c := s.cert.Load()
+			if c == nil {
+				return nil, errors.New("no serving certificate yet")
+			}
+			return c, nil
+		},
+	}
+}
+
+// Serve serves HTTPS on ln until ctx ends.
+func (s *Supervisor) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.mux,
+		TLSConfig:         s.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		return nil
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
+}
+
+func (s *Supervisor) cacerts(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Write(s.cfg.CACerts())
+}
+
+func (s *Supervisor) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	if err := s.cfg.Ready(ctx); err != nil {
+		s.Error(w, r, http.StatusServiceUnavailable, err)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	fmt.Fprint(w, "ok")
+}
+
+// Error answers {"error": msg, "id": id} with status code and logs the same id.
+func (s *Supervisor) Error(w http.ResponseWriter, r *http.Request, code int, err error) {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	s.cfg.Log.Warn("request failed", "id", id, "method", r.Method, "path", r.URL.Path,
+		"remote", r.RemoteAddr, "status", code, "error", err.Error())
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error(), "id": id})
+}

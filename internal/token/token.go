@@ -1,0 +1,148 @@
+// Package token owns the join-token format: parsing and formatting secure
+// tokens ("K10<ca-hash>::<user>:<password>") and short tokens (a bare
+// password), and generating new token passwords.
+package token
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+)
+
+// Prefix starts every secure token.
+const Prefix = "K10"
+
+// separator divides the CA hash from the credentials in a secure token.
+const separator = "::"
+
+// hashLen is the length of the hex-encoded SHA-256 CA hash.
+const hashLen = 64
+
+// ErrInvalidHashLength reports a secure token whose CA hash is not 64 hex characters.
+var ErrInvalidHashLength = errors.New("invalid token CA hash length")
+
+// ErrInvalidFormat reports a token that is not "K10<ca-hash>::[<user>:]<password>"
+// or a valid bare password.
+var ErrInvalidFormat = errors.New("invalid token format")
+
+// Token is a join token: "K10<ca-hash>::<user>:<password>" (secure) or a bare
+// password (short token).
+type Token struct {
+	CAHash   string // 64 lowercase hex chars, "" for a short token
+	Username string // "" when the token did not name one
+	Password string
+}
+
+// Parse parses a secure or short token. Surrounding whitespace (such as the
+// trailing newline of a token file) is ignored. Errors wrap ErrInvalidHashLength
+// or ErrInvalidFormat and never contain the password.
+func Parse(s string) (Token, error) {
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, Prefix) {
+		if err := checkPassword(s); err != nil {
+			return Token{}, err
+		}
+		return Token{Password: s}, nil
+	}
+
+	hash, creds, ok := strings.Cut(s[len(Prefix):], separator)
+	if !ok {
+		return Token{}, fmt.Errorf("%w: secure token has no %q after the CA hash", ErrInvalidFormat, separator)
+	}
+	if len(hash) != hashLen {
+		return Token{}, fmt.Errorf("%w: got %d characters, want %d", ErrInvalidHashLength, len(hash), hashLen)
+	}
+	if !isHex(hash) {
+		return Token{}, fmt.Errorf("%w: CA hash is not hexadecimal", ErrInvalidHashLength)
+	}
+	if creds == "" {
+		return Token{}, fmt.Errorf("%w: secure token has no credentials", ErrInvalidFormat)
+	}
+
+	t := Token{CAHash: strings.ToLower(hash)}
+	if user, pw, hasUser := strings.Cut(creds, ":"); hasUser {
+		if err := checkUsername(user); err != nil {
+			return Token{}, err
+		}
+		t.Username, t.Password = user, pw
+	} else {
+		t.Password = creds
+	}
+	if err := checkPassword(t.Password); err != nil {
+		return Token{}, err
+	}
+	return t, nil
+}
+
+// Format returns the secure token "K10<caHash>::<user>:<password>".
+func Format(caHash, user, password string) string {
+	return Prefix + caHash + separator + user + ":" + password
+}
+
+// Secure reports whether the token pins a CA hash.
+func (t Token) Secure() bool {
+	return t.CAHash != ""
+}
+
+// String returns the token in the form Parse accepts: the secure form when
+// the token has a CA hash (without the user part when Username is empty),
+// else the bare password.
+func (t Token) String() string {
+	if !t.Secure() {
+		return t.Password
+	}
+	if t.Username == "" {
+		return Prefix + t.CAHash + separator + t.Password
+	}
+	return Format(t.CAHash, t.Username, t.Password)
+}
+
+// GeneratePassword returns 16 random bytes as 32 lowercase hex characters.
+func GeneratePassword() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("generate token password: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// checkPassword rejects passwords that cannot be stored in the passwd CSV file.
+func checkPassword(pw string) error {
+	if pw == "" {
+		return fmt.Errorf("%w: empty password", ErrInvalidFormat)
+	}
+	if !csvSafe(pw) {
+		return fmt.Errorf("%w: password contains whitespace, a comma or a control character", ErrInvalidFormat)
+	}
+	return nil
+}
+
+// checkUsername rejects user names that cannot be stored in the passwd CSV file.
+func checkUsername(user string) error {
+	if !csvSafe(user) {
+		return fmt.Errorf("%w: user name contains whitespace, a comma or a control character", ErrInvalidFormat)
+	}
+	return nil
+}
+
+func csvSafe(s string) bool {
+	for _, r := range s {
+		if r == ',' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}

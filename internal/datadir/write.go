@@ -115,6 +115,14 @@ func WritePair(certPath string, cert []byte, keyPath string, key []byte) error {
 	if key == nil {
 		return WriteFile(certPath, cert, 0o600)
 	}
+	if !Exists(certPath) && !Exists(keyPath) {
+		// Nothing to pair wrongly: a crash after the key and before the certificate
+		// leaves a key alone, which is re-used when the certificate is issued again.
+		if err := WriteFile(keyPath, key, 0o600); err != nil {
+			return err
+		}
+		return WriteFile(certPath, cert, 0o600)
+	}
 	return WriteGroup([]File{{Path: keyPath, Data: key, Mode: 0o600}, {Path: certPath, Data: cert, Mode: 0o600}})
 }
 

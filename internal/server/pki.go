@@ -3,7 +3,7 @@ package server
 import (
 	"context"
 	"crypto/x509"
-		"errors"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"

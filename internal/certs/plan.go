@@ -64,6 +64,12 @@ type Policy struct {
 	RenewBefore time.Duration
 }
 
+// InWindow reports whether a certificate expiring at notAfter is due for renewal: it
+// expires within RenewBefore of Now (the window's edge included).
+func (p Policy) InWindow(notAfter time.Time) bool {
+	return !p.Now.Add(p.RenewBefore).Before(notAfter)
+}
+
 // Plan decides what to do with one leaf given what must be (want), what exists (ex)
 // and its signing CA. Corrupt files are reported as *CorruptError, never silently replaced.
 func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, error) {
@@ -97,7 +103,7 @@ func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, 
 		return renew("certificate does not match its key")
 	case !pol.Now.Before(leaf.NotAfter):
 		return renew(fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
-	case pol.Now.Add(pol.RenewBefore).After(leaf.NotAfter):
+	case pol.InWindow(leaf.NotAfter):
 		return renew(fmt.Sprintf("expires on %s, within the renewal window", leaf.NotAfter.UTC().Format(time.RFC3339)))
 	case pol.Now.Before(leaf.NotBefore):
 		return renew(fmt.Sprintf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339)))

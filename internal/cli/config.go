@@ -10,7 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 )
 
 // DefaultConfigFile is read when --config is not given and the file exists.
@@ -61,54 +61,72 @@ func applySources(cmd *cobra.Command) error {
 		}
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
-	var values map[string]any
-	if err := yaml.Unmarshal(data, &values); err != nil {
+	values, err := parseConfig(data)
+	if err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
-	keys := make([]string, 0, len(values))
-	for k := range values {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		f := flags.Lookup(k)
+	for _, kv := range values {
+		f := flags.Lookup(kv.key)
 		if f == nil {
-			fmt.Fprintf(cmd.ErrOrStderr(), "kpki: warning: config file %s: key %q is not a flag of `%s`; ignored\n", path, k, cmd.CommandPath())
+			fmt.Fprintf(cmd.ErrOrStderr(), "kpki: warning: config file %s: key %q is not a flag of `%s`; ignored\n", path, kv.key, cmd.CommandPath())
 			continue
 		}
 		if f.Changed {
 			continue
 		}
-		items := []any{values[k]}
-		if list, ok := values[k].([]any); ok {
-			items = list
-		}
-		for _, it := range items {
-			if it == nil {
-				continue
-			}
-			if err := flags.Set(k, scalar(it)); err != nil {
-				return fmt.Errorf("config file %s: key %q: %w", path, k, err)
+		for _, v := range kv.values {
+			if err := flags.Set(kv.key, v); err != nil {
+				return fmt.Errorf("config file %s: key %q: %w", path, kv.key, err)
 			}
 		}
 	}
 	return nil
 }
 
-func scalar(v any) string {
-	switch x := v.(type) {
-	case float64:
-		if x == float64(int64(x)) {
-			return fmt.Sprintf("%d", int64(x))
-		}
-		return fmt.Sprint(x)
-	case string:
-		return x
-	case map[string]any:
-		return fmt.Sprint(x)
-	default:
-		return fmt.Sprint(x)
+type configValue struct {
+	key    string
+	values []string
+}
+
+// parseConfig reads a YAML mapping of flag names to scalars or lists of scalars. Values
+// are taken as written (a token 0123 stays "0123"), not as YAML numbers or booleans.
+func parseConfig(data []byte) ([]configValue, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
 	}
+	if doc.Kind == 0 || len(doc.Content) == 0 {
+		return nil, nil
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("line %d: the file must be a mapping of flag names to values", root.Line)
+	}
+	var out []configValue
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		cv := configValue{key: k.Value}
+		switch v.Kind {
+		case yaml.ScalarNode:
+			if v.Tag != "!!null" {
+				cv.values = []string{v.Value}
+			}
+		case yaml.SequenceNode:
+			for _, item := range v.Content {
+				if item.Kind != yaml.ScalarNode {
+					return nil, fmt.Errorf("line %d: key %q: list items must be plain values", item.Line, k.Value)
+				}
+				if item.Tag != "!!null" {
+					cv.values = append(cv.values, item.Value)
+				}
+			}
+		default:
+			return nil, fmt.Errorf("line %d: key %q: want a value or a list of values", v.Line, k.Value)
+		}
+		out = append(out, cv)
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out, nil
 }
 
 func allFlags(fs *pflag.FlagSet) []*pflag.Flag {

@@ -55,7 +55,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServerCmd(), newTokenCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(), newCertificateCmd(), newTokenCmd(), newVersionCmd())
 	return root
 }
 

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/pki"
@@ -15,7 +17,7 @@ import (
 
 func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Show or rotate the cluster's join tokens"}
-	cmd.AddCommand(newTokenShowCmd())
+	cmd.AddCommand(newTokenShowCmd(), newTokenRotateCmd())
 	return cmd
 }
 
@@ -56,5 +58,36 @@ func newTokenShowCmd() *cobra.Command {
 	}
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
+	return cmd
+}
+
+func newTokenRotateCmd() *cobra.Command {
+	var dataDir, server, newToken string
+	cmd := &cobra.Command{
+		Use:   "rotate",
+		Short: "Change the server token: re-encrypt the bootstrap data and rewrite the token files",
+		Long: `Asks the running kpki server to change the server token's password (to --new-token, or a
+generated one). The bootstrap data is re-encrypted under the new password in one transaction,
+cred/passwd and the token files are rewritten, and the new token is printed. Other servers must
+be restarted with the new token; agents keep their token.`,
+		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := serverClient(dataDir, server)
+			if err != nil {
+				return err
+			}
+			var resp api.TokenRotateResponse
+			if err := c.Do(http.MethodPut, api.PathTokenRotate, nil, api.TokenRotateRequest{Token: newToken}, &resp); err != nil {
+				return fmt.Errorf("token rotate: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token rotated; restart the other servers with the new token\nserver token: %s\n", resp.Token)
+			return nil
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	configFlag(cmd)
+	serverURLFlag(cmd, &server)
+	cmd.Flags().StringVar(&newToken, "new-token", "", "the new token (generated when empty)")
 	return cmd
 }

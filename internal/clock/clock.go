@@ -61,8 +61,12 @@ func (f *Fake) Set(t time.Time) {
 	f.mu.Unlock()
 }
 
-// NewTicker returns a ticker driven by Advance.
+// NewTicker returns a ticker driven by Advance. Like time.NewTicker, it panics when d
+// is not positive.
 func (f *Fake) NewTicker(d time.Duration) Ticker {
+	if d <= 0 {
+		panic("non-positive interval for NewTicker")
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	t := &fakeTicker{f: f, period: d, next: f.now.Add(d), c: make(chan time.Time, 1)}

@@ -143,34 +143,36 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
-// Update replaces key's value if its modification revision is still rev (ErrConflict otherwise).
-func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) error {
+// Update replaces key's value if its modification revision is still rev (ErrConflict
+// otherwise) and returns the new revision.
+func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 		Then(clientv3.OpPut(key, string(value))).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("datastore update %s: %w", key, err)
+		return 0, fmt.Errorf("datastore update %s: %w", key, err)
 	}
 	if !resp.Succeeded {
-		return ErrConflict
+		return 0, ErrConflict
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
-// Replace atomically deletes oldKey (which must still be at rev) and creates newKey.
-func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) error {
+// Replace atomically deletes oldKey (which must still be at rev) and creates newKey,
+// returning the new revision.
+func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", rev), clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
 		Then(clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))).
 		Commit()
 	if err != nil {
-		return fmt.Errorf("datastore replace %s: %w", oldKey, err)
+		return 0, fmt.Errorf("datastore replace %s: %w", oldKey, err)
 	}
 	if !resp.Succeeded {
-		return ErrConflict
+		return 0, ErrConflict
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // Put writes key unconditionally.
@@ -181,18 +183,26 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
-// Watch returns a channel that receives the new modification revision each time key
-// changes, until ctx ends.
-func (s *Store) Watch(ctx context.Context, key string) <-chan int64 {
-	out := make(chan int64, 1)
-	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), key)
+// Event is one change under a watched prefix.
+type Event struct {
+	Key      string
+	Revision int64
+	Deleted  bool
+}
+
+// WatchPrefix sends every change of a key under prefix until ctx ends.
+func (s *Store) WatchPrefix(ctx context.Context, prefix string) <-chan Event {
+	out := make(chan Event, 16)
+	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
 	go func() {
 		defer close(out)
 		for resp := range wc {
 			for _, ev := range resp.Events {
+				e := Event{Key: string(ev.Kv.Key), Revision: ev.Kv.ModRevision, Deleted: ev.Type == clientv3.EventTypeDelete}
 				select {
-				case out <- ev.Kv.ModRevision:
-				default:
+				case out <- e:
+				case <-ctx.Done():
+					return
 				}
 			}
 		}

@@ -44,9 +44,13 @@ func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 	rest := data
 	for {
 		var block *pem.Block
+		before := rest
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			break
+		}
+		if skippedBlock(before, rest) {
+			return nil, fmt.Errorf("certificate %d: malformed PEM block (truncated or corrupt PEM)", len(certs)+1)
 		}
 		if block.Type != BlockCertificate {
 			return nil, fmt.Errorf("unexpected PEM block %q, want CERTIFICATE", block.Type)
@@ -64,6 +68,14 @@ func ParseCerts(data []byte) ([]*x509.Certificate, error) {
 		return nil, errors.New("trailing data after the last certificate (truncated or corrupt PEM)")
 	}
 	return certs, nil
+}
+
+// skippedBlock reports whether pem.Decode, going from before to rest, passed over a
+// malformed block (it silently resumes after an undecodable BEGIN line) on its way to
+// the block it returned.
+func skippedBlock(before, rest []byte) bool {
+	consumed := before[:len(before)-len(rest)]
+	return bytes.Count(consumed, []byte("-----BEGIN ")) > 1
 }
 
 // EncodeKey returns key as PEM: EC keys as "EC PRIVATE KEY" (SEC 1), RSA keys as
@@ -95,9 +107,13 @@ func ParseKeys(data []byte) ([]crypto.Signer, error) {
 	rest := data
 	for {
 		var block *pem.Block
+		before := rest
 		block, rest = pem.Decode(rest)
 		if block == nil {
 			break
+		}
+		if skippedBlock(before, rest) {
+			return nil, fmt.Errorf("private key %d: malformed PEM block (truncated or corrupt PEM)", len(keys)+1)
 		}
 		var (
 			k   any

@@ -41,6 +41,17 @@ func (s *Server) reconcile(ctx context.Context) (bool, []string, error) {
 	if err != nil || rec == nil {
 		return false, nil, err
 	}
+	changed, err := s.applyRecord(rec)
+	if err != nil {
+		return false, nil, err
+	}
+	s.bootstrapRev.Store(rev)
+	return true, changed, nil
+}
+
+// applyRecord makes the disk match rec under the rules of SPEC §6 and returns the
+// files it wrote.
+func (s *Server) applyRecord(rec *bootstrap.Record) ([]string, error) {
 	disk := map[string]bootstrap.DiskFile{}
 	for _, f := range bootstrap.Files {
 		p := filepath.Join(s.cfg.DataDir, filepath.FromSlash(f.Path))
@@ -49,24 +60,19 @@ func (s *Server) reconcile(ctx context.Context) (bool, []string, error) {
 			continue
 		}
 		if err != nil {
-			return false, nil, fmt.Errorf("stat %s: %w", p, err)
+			return nil, fmt.Errorf("stat %s: %w", p, err)
 		}
 		content, err := os.ReadFile(p)
 		if err != nil {
-			return false, nil, fmt.Errorf("read %s: %w", p, err)
+			return nil, fmt.Errorf("read %s: %w", p, err)
 		}
 		disk[f.Path] = bootstrap.DiskFile{Exists: true, Content: content, ModTime: st.ModTime()}
 	}
 	writes, err := bootstrap.Plan(s.cfg.DataDir, rec, disk)
 	if err != nil {
-		return false, nil, err
+		return nil, err
 	}
-	changed, err := s.applyWrites(writes)
-	if err != nil {
-		return false, nil, err
-	}
-	s.bootstrapRev.Store(rev)
-	return true, changed, nil
+	return s.applyWrites(writes)
 }
 
 func (s *Server) applyWrites(writes []bootstrap.Write) ([]string, error) {
@@ -216,17 +222,22 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 	return s.buildPKI("start-up")
 }
 
-// watchBootstrap notices changes of the bootstrap key made by rotate-ca or token
-// rotation on any server: this server keeps running with its current files and says
-// that a restart is needed.
+// watchBootstrap notices changes of the bootstrap data made by another server (rotate-ca,
+// token rotation): this server keeps running with its current files and says that a
+// restart is needed. Changes this server made itself are recorded in bootstrapRev
+// under s.mu before the watch can compare them.
 func (s *Server) watchBootstrap(ctx context.Context) {
-	if s.store == nil || s.bootstrapKey == "" {
+	if s.store == nil {
 		return
 	}
-	for rev := range s.store.Watch(ctx, s.bootstrapKey) {
-		if rev != s.bootstrapRev.Load() {
-			s.metrics.RestartRequired.Set(1)
-			s.log.Warn("the bootstrap data in the datastore changed; restart kpki to use the new CA material", "key", s.bootstrapKey)
+	for ev := range s.store.WatchPrefix(ctx, bootstrap.KeyPrefix) {
+		s.mu.Lock()
+		own := ev.Revision <= s.bootstrapRev.Load()
+		s.mu.Unlock()
+		if own {
+			continue
 		}
+		s.metrics.RestartRequired.Set(1)
+		s.log.Warn("the bootstrap data in the datastore changed; restart kpki to use the new CA material", "key", ev.Key)
 	}
 }

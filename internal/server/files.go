@@ -53,7 +53,7 @@ func (s *Server) writeDerived() error {
 	if err != nil {
 		return fmt.Errorf("CA hash of %s: %w", serverCA, err)
 	}
-	if s.tok.CAHash != "" && s.tok.CAHash != hash {
+	if s.firstStart && s.tok.CAHash != "" && s.tok.CAHash != hash {
 		return fmt.Errorf("token CA hash does not match the Cluster CA certificate hash: %s != %s", s.tok.CAHash, hash)
 	}
 	serverToken := token.Format(hash, "server", s.tok.Password) + "\n"

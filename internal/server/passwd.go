@@ -61,3 +61,23 @@ func (p Passwd) Check(user, password string) bool {
 	}
 	return ok
 }
+
+// WithPassword returns a copy with user's password replaced.
+func (p Passwd) WithPassword(user, password string) Passwd {
+	out := append(Passwd(nil), p...)
+	for i := range out {
+		if out[i].User == user {
+			out[i].Password = password
+		}
+	}
+	return out
+}
+
+// Bytes renders the file.
+func (p Passwd) Bytes() []byte {
+	var b strings.Builder
+	for _, e := range p {
+		fmt.Fprintf(&b, "%s,%s,%s,%s\n", e.Password, e.User, e.UID, e.Role)
+	}
+	return []byte(b.String())
+}

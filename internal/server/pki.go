@@ -36,6 +36,7 @@ func (s *Server) startPKI(ctx context.Context) error {
 			return err
 		}
 		if !found {
+			s.firstStart = true
 			if err := s.initCAs(); err != nil {
 				return err
 			}
@@ -49,14 +50,30 @@ func (s *Server) startPKI(ctx context.Context) error {
 		return nil
 	}
 
-	member := datadir.Exists(filepath.Join(s.layout.EtcdDir(), "member"))
+	member := s.hasEtcdMember()
+	if !member && s.cfg.ServerURL != "" {
+		if err := s.joinCluster(ctx); err != nil {
+			return err
+		}
+		found, _, err := s.reconcile(ctx)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return errors.New("joined the etcd cluster but found no bootstrap data for this token in it")
+		}
+		return nil
+	}
 	if member {
 		if missing := s.missingCAFiles(); len(missing) > 0 {
 			return fmt.Errorf("etcd data exists in %s but CA files are missing (%s): restore them from a backup, or remove %s to start a new cluster",
 				s.layout.EtcdDir(), strings.Join(missing, ", "), s.layout.EtcdDir())
 		}
-	} else if err := s.initCAs(); err != nil {
-		return err
+	} else {
+		s.firstStart = true
+		if err := s.initCAs(); err != nil {
+			return err
+		}
 	}
 	if err := s.buildPKI("start-up"); err != nil {
 		return err
@@ -86,11 +103,14 @@ func (s *Server) startPKI(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) startEtcd(ctx context.Context) error {
+func (s *Server) startEtcd(ctx context.Context) error { return s.startEtcdMember(ctx, false, "") }
+
+// etcdConfig describes this server's embedded etcd member.
+func (s *Server) etcdConfig() datastore.EmbeddedConfig {
 	crt, key := s.leafPaths(certs.ServerNode, "etcd/server-client")
 	pcrt, pkey := s.leafPaths(certs.ServerNode, "etcd/peer-server-client")
 	ccrt, ckey := s.leafPaths(certs.ServerNode, "etcd/client")
-	e, err := datastore.StartEmbedded(ctx, datastore.EmbeddedConfig{
+	return datastore.EmbeddedConfig{
 		Name:          s.r.nodeName,
 		DataDir:       s.layout.EtcdDir(),
 		LogFile:       filepath.Join(s.layout.LogDir(), "etcd.log"),
@@ -107,7 +127,15 @@ func (s *Server) startEtcd(ctx context.Context) error {
 		ClientCert:    ccrt,
 		ClientKey:     ckey,
 		UnsafeNoFsync: s.cfg.EtcdUnsafeNoFsync,
-	})
+	}
+}
+
+// startEtcdMember starts the embedded member; join starts it into an existing cluster
+// whose members are listed in initial.
+func (s *Server) startEtcdMember(ctx context.Context, join bool, initial string) error {
+	cfg := s.etcdConfig()
+	cfg.JoinExisting, cfg.InitialPeers = join, initial
+	e, err := datastore.StartEmbedded(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -401,9 +429,7 @@ func (s *Server) params() certs.Params {
 func (s *Server) auditCert(action, actor, file string, c, old *x509.Certificate) {
 	e := audit.CertEntry(action, actor, file, c, old)
 	e.Time = s.clock.Now().UTC()
-	if err := s.audit.Write(e); err != nil {
-		s.log.Warn("audit log write failed", "error", err)
-	}
+	s.writeAudit(e)
 }
 
 func (s *Server) updateExpiryMetrics() {

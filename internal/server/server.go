@@ -58,6 +58,8 @@ type Server struct {
 	agentPassword string
 	bootstrapKey  string
 	bootstrapRev  atomic.Int64
+	// firstStart is set while this server creates the cluster's bootstrap data.
+	firstStart bool
 
 	servingCertV atomic.Pointer[tls.Certificate]
 
@@ -105,8 +107,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		}
 		s.agentPassword = t.Password
 	}
-	if cfg.ServerURL != "" {
-		return nil, errors.New("--server: joining an existing server is not supported by this build")
+	if cfg.ServerURL != "" && cfg.Token == "" {
+		return nil, errors.New("--server needs --token: the cluster's server token")
 	}
 	return s, nil
 }
@@ -160,7 +162,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	s.lock = lock
-	if done, err := datadir.Recover(s.cfg.DataDir); err != nil {
+	if done, err := datadir.Recover(s.layout.Server()); err != nil {
 		return err
 	} else if len(done) > 0 {
 		s.log.Warn("completed interrupted file replacements", "journals", done)
@@ -179,8 +181,10 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.loadServingCert(); err != nil {
 		return err
 	}
-	s.sup = supervisor.New(supervisor.Config{Log: s.log, CACerts: s.serverCABundle, Ready: s.readyCheck})
+	s.sup = supervisor.New(supervisor.Config{Log: s.log, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
 	s.sup.SetCertificate(s.servingCert())
+	s.registerAPI()
+	s.registerAgentAPI()
 
 	bctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel

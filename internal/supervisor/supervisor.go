@@ -27,6 +27,8 @@ type Config struct {
 	CACerts func() []byte
 	// Ready returns nil when the datastore and the PKI are ready.
 	Ready func(ctx context.Context) error
+	// Authenticate checks basic-auth credentials for the /v1-kpki endpoints.
+	Authenticate Authenticator
 }
 
 // Supervisor is the HTTPS API.
@@ -120,12 +122,30 @@ func (s *Supervisor) readyz(w http.ResponseWriter, r *http.Request) {
 
 // Error answers {"error": msg, "id": id} with status code and logs the same id.
 func (s *Supervisor) Error(w http.ResponseWriter, r *http.Request, code int, err error) {
+	s.ErrorList(w, r, code, err, nil)
+}
+
+// ErrorList is Error with the list of every failed check in "errors".
+func (s *Supervisor) ErrorList(w http.ResponseWriter, r *http.Request, code int, err error, list []string) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	s.cfg.Log.Warn("request failed", "id", id, "method", r.Method, "path", r.URL.Path,
-		"remote", r.RemoteAddr, "status", code, "error", err.Error())
+	attrs := []any{"id", id, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "error", err.Error()}
+	if len(list) > 0 {
+		attrs = append(attrs, "errors", list)
+	}
+	s.cfg.Log.Warn("request failed", attrs...)
+	body := map[string]any{"error": err.Error(), "id": id}
+	if len(list) > 0 {
+		body["errors"] = list
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error(), "id": id})
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// JSON answers v as JSON with status 200.
+func JSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
 }

@@ -1,0 +1,345 @@
+// Package agent is the node side of joining a kpki cluster: it pins the cluster CA with
+// the join token, has the supervisor sign the node's certificates (kubelet client and
+// serving, kube-proxy, kpki-controller) for keys generated on the node, writes them with
+// their kubeconfigs under <data-dir>/agent, and renews them before they expire. Private
+// keys never leave the node; the server decides what each certificate says. It owns no
+// certificate rules of its own: the certs table and planner decide what is due.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/token"
+)
+
+// DefaultUser is the basic-auth user when the token names none.
+const DefaultUser = "node"
+
+// Files under <data-dir>/agent that are not certificate table rows.
+const (
+	ServerCAFile     = "server-ca.crt"
+	ClientCAFile     = "client-ca.crt"
+	NodePasswordFile = "node-password"
+	LockFile         = "kpki-agent.lock"
+)
+
+// Kubeconfigs lists the kubeconfig files the agent writes and the leaf each one uses.
+var Kubeconfigs = []struct{ File, Leaf string }{
+	{"kubelet.kubeconfig", "client-kubelet"},
+	{"kubeproxy.kubeconfig", "client-kube-proxy"},
+	{"kpkicontroller.kubeconfig", "client-kpki-controller"},
+}
+
+// Config is what `kpki agent` is given.
+type Config struct {
+	// ServerURL is the supervisor, https://host:port.
+	ServerURL string
+	// Token is a secure token K10<hash>::<user>:<password> or a short token (a password).
+	Token   string
+	DataDir string
+	// NodeName defaults to the hostname; it is lower-cased.
+	NodeName string
+	// NodeIPs are IP addresses, each entry possibly a comma-separated list.
+	NodeIPs []string
+	// APIServerPort is the kube-apiserver port written into the kubeconfigs, on the host
+	// of ServerURL.
+	APIServerPort   int
+	RenewBeforeDays int
+	RenewInterval   time.Duration
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		DataDir:         "/var/lib/kpki",
+		APIServerPort:   6443,
+		RenewBeforeDays: 90,
+		RenewInterval:   time.Hour,
+	}
+}
+
+// Options are the agent's collaborators.
+type Options struct {
+	Log   *slog.Logger // nil: discard
+	Clock clock.Clock  // nil: the wall clock
+	// Transport is cloned for every connection the agent makes (proxy, dialer,
+	// timeouts); its TLS settings are replaced. nil: a clone of http.DefaultTransport.
+	Transport *http.Transport
+	// OnPass, when set, is called by Run after every pass.
+	OnPass func(Result, error)
+}
+
+// Result says what one pass changed.
+type Result struct {
+	// Issued are certificate files signed for a new key.
+	Issued []string
+	// Renewed are certificate files signed again for their existing key.
+	Renewed []string
+	// Rebundled are certificate files whose CA bundle was rewritten; nothing was signed.
+	Rebundled []string
+	// Written is every file whose content changed, certificates and keys included.
+	Written []string
+}
+
+// Signed reports how many certificates the server signed in the pass.
+func (r Result) Signed() int { return len(r.Issued) + len(r.Renewed) }
+
+// Agent joins a cluster and keeps the node's certificates current.
+type Agent struct {
+	cfg         Config
+	log         *slog.Logger
+	clock       clock.Clock
+	issuer      *pki.Issuer
+	transport   *http.Transport
+	onPass      func(Result, error)
+	tok         token.Token
+	user        string
+	base        *url.URL
+	apiServer   string
+	layout      datadir.Layout
+	nodeName    string
+	nodeIPs     []net.IP
+	renewBefore time.Duration
+
+	lock *datadir.FileLock
+	// trusted is the server CA bundle accepted by the last pass of this process; a later
+	// bundle with another hash is accepted only when it chains to it.
+	trusted     []byte
+	warnedShort bool
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidNodeName reports whether n is a lower-case DNS name.
+func ValidNodeName(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(n, ".") {
+		if !dnsLabel.MatchString(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// ParseServerURL checks that s is https://host[:port] (a trailing slash allowed) and
+// returns it reduced to scheme and host.
+func ParseServerURL(s string) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimSpace(s))
+	if err != nil || u.Scheme != "https" || u.Hostname() == "" || u.User != nil ||
+		(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("--server %q must look like https://host:port", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return nil, fmt.Errorf("--server %q: port %q is not a port number (1-65535)", s, p)
+		}
+	}
+	return &url.URL{Scheme: "https", Host: u.Host}, nil
+}
+
+// New validates cfg. It reads nothing from disk and contacts nothing.
+func New(cfg Config, opts Options) (*Agent, error) {
+	a := &Agent{cfg: cfg, log: opts.Log, clock: opts.Clock, onPass: opts.OnPass}
+	if a.log == nil {
+		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if a.clock == nil {
+		a.clock = clock.Real{}
+	}
+	a.issuer = pki.NewIssuer(a.clock, nil)
+	if opts.Transport != nil {
+		a.transport = opts.Transport.Clone()
+	} else {
+		a.transport = http.DefaultTransport.(*http.Transport).Clone()
+	}
+
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if strings.TrimSpace(cfg.ServerURL) == "" {
+		bad("--server is required: the URL of a kpki server, https://host:9345")
+	} else if u, err := ParseServerURL(cfg.ServerURL); err != nil {
+		errs = append(errs, err)
+	} else {
+		a.base = u
+	}
+	if strings.TrimSpace(cfg.Token) == "" {
+		bad("--token is required")
+	} else if t, err := token.Parse(cfg.Token); err != nil {
+		bad("--token: %w", err)
+	} else {
+		a.tok = t
+		a.user = t.Username
+		if a.user == "" {
+			a.user = DefaultUser
+		}
+	}
+	if cfg.DataDir == "" {
+		bad("--data-dir must not be empty")
+	} else if abs, err := filepath.Abs(cfg.DataDir); err != nil {
+		bad("--data-dir %s: %v", cfg.DataDir, err)
+	} else {
+		a.layout = datadir.Layout{Root: abs}
+	}
+	a.nodeName = strings.ToLower(strings.TrimSpace(cfg.NodeName))
+	if a.nodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			bad("cannot read the hostname for the node name: %v; set --node-name", err)
+		}
+		a.nodeName = strings.ToLower(h)
+	}
+	if !ValidNodeName(a.nodeName) {
+		bad("node name %q is not a valid DNS name (lower-case letters, digits, '-' and '.'); set --node-name", a.nodeName)
+	}
+	for _, s := range cfg.NodeIPs {
+		for _, part := range strings.Split(s, ",") {
+			part = strings.TrimSpace(part)
+			ip := net.ParseIP(part)
+			if ip == nil {
+				bad("--node-ip %q is not an IP address", part)
+				continue
+			}
+			a.nodeIPs = append(a.nodeIPs, ip)
+		}
+	}
+	if cfg.APIServerPort < 1 || cfg.APIServerPort > 65535 {
+		bad("--api-server-port %d is not a port number (1-65535)", cfg.APIServerPort)
+	}
+	if cfg.RenewBeforeDays < 0 {
+		bad("--renew-before-days %d must not be negative", cfg.RenewBeforeDays)
+	}
+	if cfg.RenewInterval <= 0 {
+		bad("--renew-interval %s must be positive", cfg.RenewInterval)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	a.renewBefore = time.Duration(cfg.RenewBeforeDays) * 24 * time.Hour
+	a.apiServer = "https://" + net.JoinHostPort(a.base.Hostname(), strconv.Itoa(cfg.APIServerPort))
+	return a, nil
+}
+
+// NodeName is the node name the agent registers.
+func (a *Agent) NodeName() string { return a.nodeName }
+
+// retryMin is the first delay before retrying a failed pass; it doubles up to the renew
+// interval.
+const retryMin = 10 * time.Second
+
+// Run runs a pass at once and then one every renew interval until ctx ends, when it
+// returns nil. A failed pass is logged and retried, first after 10 s and then after
+// doubling delays up to the renew interval. Only a lock held by another process ends
+// Run with an error.
+func (a *Agent) Run(ctx context.Context) error {
+	defer a.release()
+	if err := a.lockIfPresent(); err != nil {
+		return err
+	}
+	a.log.Info("kpki agent starting", "server", a.base.String(), "node", a.nodeName, "data-dir", a.layout.Agent())
+	retry := time.Duration(0)
+	for {
+		res, err := a.pass(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if a.onPass != nil {
+			a.onPass(res, err)
+		}
+		wait := a.cfg.RenewInterval
+		if err != nil {
+			if errors.Is(err, datadir.ErrLocked) {
+				return err
+			}
+			retry = min(max(2*retry, retryMin), a.cfg.RenewInterval)
+			wait = retry
+			a.log.Error("certificate pass failed; will retry", "error", err, "retry-in", wait)
+		} else {
+			retry = 0
+		}
+		t := a.clock.NewTicker(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			a.log.Info("kpki agent stopping")
+			return nil
+		case <-t.C():
+			t.Stop()
+		}
+	}
+}
+
+// RunOnce runs one pass: join the cluster or renew what is due.
+func (a *Agent) RunOnce(ctx context.Context) (Result, error) {
+	defer a.release()
+	if err := a.lockIfPresent(); err != nil {
+		return Result{}, err
+	}
+	res, err := a.pass(ctx)
+	if err != nil && ctx.Err() != nil {
+		return res, fmt.Errorf("interrupted before the pass completed: %w", err)
+	}
+	return res, err
+}
+
+// lockIfPresent takes the agent lock when the agent directory already exists; a first
+// join takes it just before its first write, so that a join refused early leaves
+// nothing on disk.
+func (a *Agent) lockIfPresent() error {
+	if datadir.Exists(a.layout.Agent()) {
+		return a.takeLock()
+	}
+	return nil
+}
+
+func (a *Agent) takeLock() error {
+	if a.lock != nil {
+		return nil
+	}
+	path := a.layout.Agent(LockFile)
+	l, err := datadir.Lock(path)
+	if errors.Is(err, datadir.ErrLocked) {
+		return fmt.Errorf("another kpki process (a running agent or `kpki certificate rotate`) holds the agent lock: %w", err)
+	}
+	if err != nil {
+		return err
+	}
+	a.lock = l
+	if done, err := datadir.Recover(a.layout.Agent()); err != nil {
+		return err
+	} else if len(done) > 0 {
+		a.log.Info("completed interrupted certificate writes", "journals", done)
+	}
+	return nil
+}
+
+func (a *Agent) release() {
+	if a.lock != nil {
+		a.lock.Unlock()
+		a.lock = nil
+	}
+}
+
+// leafFiles returns the certificate and key paths of an agent leaf.
+func (a *Agent) leafFiles(l certs.Leaf) (crt, key string) {
+	return a.layout.Agent(l.Name + ".crt"), a.layout.Agent(l.Name + ".key")
+}

@@ -1,0 +1,266 @@
+// Package certcheck builds the report of `kpki certificate check`: it finds the
+// certificate files of the selected services in a data directory (through the
+// certificate table of package certs), reads every certificate they hold, decides each
+// one's status at an injected time, and renders the report as a table, text, JSON or
+// YAML. It only reads files; it never writes, renews or repairs anything.
+package certcheck
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/pki"
+)
+
+// Status is the verdict on one certificate.
+type Status string
+
+// Statuses, from harmless to broken.
+const (
+	StatusOK          Status = "OK"
+	StatusWarning     Status = "WARNING"
+	StatusExpired     Status = "EXPIRED"
+	StatusNotYetValid Status = "NOT YET VALID"
+	// StatusError marks a certificate file that could not be read or parsed.
+	StatusError Status = "ERROR"
+)
+
+// Row is one certificate of the report (or one unreadable file). Its JSON and YAML
+// form is the object `-o json` and `-o yaml` print.
+type Row struct {
+	// File is the certificate file's path relative to the data dir, with slashes.
+	File    string   `json:"filename"`
+	Subject string   `json:"subject"`
+	Issuer  string   `json:"issuer"`
+	Usages  []string `json:"usages"`
+	// Expires is NotAfter in RFC 3339, UTC; empty for an ERROR row.
+	Expires string `json:"expires"`
+	// ResidualSeconds is NotAfter minus now, negative once expired.
+	ResidualSeconds int64  `json:"residual_seconds"`
+	Residual        string `json:"residual"`
+	Status          Status `json:"status"`
+	// Message explains an ERROR or NOT YET VALID row.
+	Message string `json:"message,omitempty"`
+}
+
+// Options select what a report covers and when it is evaluated.
+type Options struct {
+	DataDir string
+	// Services are names as the user gave them (aliases allowed). Empty means every
+	// service plus the CA files.
+	Services []string
+	// Now is the instant every status is decided at.
+	Now time.Time
+	// RenewBefore is the renewal window: a certificate expiring within it is WARNING.
+	RenewBefore time.Duration
+}
+
+// Source is one certificate file the report looks at.
+type Source struct {
+	// Name is the path relative to the data dir, with slashes.
+	Name string
+	Path string
+}
+
+// ErrNoCertificates is returned when none of the selected certificate files exists.
+var ErrNoCertificates = errors.New("no certificate file found")
+
+// Sources lists the certificate files that the selected services have on the node
+// type(s) present in dataDir: server files when <dataDir>/server/tls is a directory,
+// agent files when <dataDir>/agent is. Without services, each node's CA files come
+// first. Files are listed whether or not they exist. An unknown service name is an
+// error from certs.ResolveServices.
+func Sources(dataDir string, services []string) ([]Source, error) {
+	resolved, err := certs.ResolveServices(services)
+	if err != nil {
+		return nil, err
+	}
+	l := datadir.Layout{Root: dataDir}
+	var out []Source
+	add := func(path string) {
+		rel, err := filepath.Rel(dataDir, path)
+		if err != nil {
+			rel = path
+		}
+		out = append(out, Source{Name: filepath.ToSlash(rel), Path: path})
+	}
+	nodes := []struct {
+		node certs.Node
+		dir  func(...string) string
+	}{
+		{certs.ServerNode, l.TLS},
+		{certs.AgentNode, l.Agent},
+	}
+	for _, n := range nodes {
+		if !isDir(n.dir()) {
+			continue
+		}
+		if len(resolved) == 0 {
+			for _, ca := range certs.CAs {
+				add(n.dir(filepath.FromSlash(ca.CertFile)))
+				if ca.NoChainFile != "" {
+					add(n.dir(filepath.FromSlash(ca.NoChainFile)))
+				}
+			}
+		}
+		for _, leaf := range certs.Select(n.node, resolved) {
+			add(n.dir(filepath.FromSlash(leaf.Name + ".crt")))
+		}
+	}
+	return out, nil
+}
+
+func isDir(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.IsDir()
+}
+
+// Collect reads every certificate of every existing file of the selection and decides
+// its status at o.Now. Missing files are skipped; a file that cannot be read or parsed
+// becomes one ERROR row. When no file exists at all the error wraps ErrNoCertificates
+// and names the data dir.
+func Collect(o Options) ([]Row, error) {
+	srcs, err := Sources(o.DataDir, o.Services)
+	if err != nil {
+		return nil, err
+	}
+	rows := []Row{}
+	found := 0
+	for _, s := range srcs {
+		data, err := os.ReadFile(s.Path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		found++
+		if err != nil {
+			rows = append(rows, errorRow(s.Name, err))
+			continue
+		}
+		cs, err := pki.ParseCerts(data)
+		if err != nil {
+			rows = append(rows, errorRow(s.Name, err))
+			continue
+		}
+		for _, c := range cs {
+			rows = append(rows, Evaluate(s.Name, c, o.Now, o.RenewBefore))
+		}
+	}
+	if found == 0 {
+		return nil, noCertificates(o.DataDir, len(o.Services) > 0)
+	}
+	return rows, nil
+}
+
+func noCertificates(dataDir string, selected bool) error {
+	l := datadir.Layout{Root: dataDir}
+	if !isDir(l.TLS()) && !isDir(l.Agent()) {
+		return fmt.Errorf("%w in data dir %s: neither %s nor %s exists (is --data-dir right?)", ErrNoCertificates, dataDir, l.TLS(), l.Agent())
+	}
+	if selected {
+		return fmt.Errorf("%w for the selected services in data dir %s", ErrNoCertificates, dataDir)
+	}
+	return fmt.Errorf("%w in data dir %s", ErrNoCertificates, dataDir)
+}
+
+func errorRow(file string, err error) Row {
+	return Row{File: file, Usages: []string{}, Status: StatusError, Message: err.Error()}
+}
+
+// Evaluate builds the row of certificate c of file at time now.
+//
+// The status follows the renewal planner (certs.Plan): EXPIRED once now reaches
+// NotAfter, NOT YET VALID before NotBefore, WARNING when the server would renew it
+// (certs.Policy.InWindow, the window's edge included), otherwise OK.
+func Evaluate(file string, c *x509.Certificate, now time.Time, renewBefore time.Duration) Row {
+	residual := c.NotAfter.Sub(now)
+	r := Row{
+		File:            file,
+		Subject:         c.Subject.String(),
+		Issuer:          c.Issuer.String(),
+		Usages:          Usages(c),
+		Expires:         c.NotAfter.UTC().Format(time.RFC3339),
+		ResidualSeconds: int64(residual / time.Second),
+		Residual:        FormatResidual(residual),
+		Status:          StatusOK,
+	}
+	switch {
+	case !now.Before(c.NotAfter):
+		r.Status = StatusExpired
+	case now.Before(c.NotBefore):
+		r.Status = StatusNotYetValid
+		r.Message = "not valid before " + c.NotBefore.UTC().Format(time.RFC3339)
+	case certs.Policy{Now: now, RenewBefore: renewBefore}.InWindow(c.NotAfter):
+		r.Status = StatusWarning
+	}
+	return r
+}
+
+var extUsageNames = map[x509.ExtKeyUsage]string{
+	x509.ExtKeyUsageAny:                            "Any",
+	x509.ExtKeyUsageServerAuth:                     "ServerAuth",
+	x509.ExtKeyUsageClientAuth:                     "ClientAuth",
+	x509.ExtKeyUsageCodeSigning:                    "CodeSigning",
+	x509.ExtKeyUsageEmailProtection:                "EmailProtection",
+	x509.ExtKeyUsageIPSECEndSystem:                 "IPSECEndSystem",
+	x509.ExtKeyUsageIPSECTunnel:                    "IPSECTunnel",
+	x509.ExtKeyUsageIPSECUser:                      "IPSECUser",
+	x509.ExtKeyUsageTimeStamping:                   "TimeStamping",
+	x509.ExtKeyUsageOCSPSigning:                    "OCSPSigning",
+	x509.ExtKeyUsageMicrosoftServerGatedCrypto:     "MicrosoftServerGatedCrypto",
+	x509.ExtKeyUsageNetscapeServerGatedCrypto:      "NetscapeServerGatedCrypto",
+	x509.ExtKeyUsageMicrosoftCommercialCodeSigning: "MicrosoftCommercialCodeSigning",
+	x509.ExtKeyUsageMicrosoftKernelCodeSigning:     "MicrosoftKernelCodeSigning",
+}
+
+// Usages names what c may be used for: CertSign for a certificate that may sign
+// certificates (keyCertSign, or a CA without a key usage extension), then its
+// extended key usages in certificate order (ServerAuth, ClientAuth, …; an unknown one
+// as its OID). The result is never nil.
+func Usages(c *x509.Certificate) []string {
+	out := []string{}
+	if c.KeyUsage&x509.KeyUsageCertSign != 0 || (c.KeyUsage == 0 && c.BasicConstraintsValid && c.IsCA) {
+		out = append(out, "CertSign")
+	}
+	for _, u := range c.ExtKeyUsage {
+		if n, ok := extUsageNames[u]; ok {
+			out = append(out, n)
+		} else {
+			out = append(out, fmt.Sprintf("ExtKeyUsage(%d)", int(u)))
+		}
+	}
+	for _, oid := range c.UnknownExtKeyUsage {
+		out = append(out, oid.String())
+	}
+	return out
+}
+
+// FormatResidual renders a remaining lifetime for people, truncated toward zero, with
+// its two most significant units: "364d 23h", "5h 12m", "4m 30s"; a negative duration
+// (already expired) gets a leading minus: "-3d 2h".
+func FormatResidual(d time.Duration) string {
+	d = d.Truncate(time.Second)
+	sign := ""
+	if d < 0 {
+		sign = "-"
+		d = -d
+	}
+	days := d / (24 * time.Hour)
+	hours := (d % (24 * time.Hour)) / time.Hour
+	minutes := (d % time.Hour) / time.Minute
+	seconds := (d % time.Minute) / time.Second
+	switch {
+	case days > 0:
+		return fmt.Sprintf("%s%dd %dh", sign, days, hours)
+	case hours > 0:
+		return fmt.Sprintf("%s%dh %dm", sign, hours, minutes)
+	default:
+		return fmt.Sprintf("%s%dm %ds", sign, minutes, seconds)
+	}
+}

@@ -1,0 +1,233 @@
+package certcheck
+
+import (
+	"bytes"
+	"encoding/json"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+)
+
+// sampleRows is a report with one row of every status, collected from a real data dir
+// plus a corrupt file.
+func sampleRows(t *testing.T) []Row {
+	t.Helper()
+	f := newFixture(t).server()
+	f.write(f.l.TLS("client-admin.crt"), []byte("garbage"))
+	now := t0.Add(300 * day)
+	rows, err := Collect(Options{DataDir: f.dir, Services: []string{"admin", "supervisor", "etcd"}, Now: now, RenewBefore: renewWindow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Re-evaluate two leaves at other instants to get EXPIRED and NOT YET VALID rows.
+	cs := parseFile(t, f.leafFile(leafNamed(t, "client-kube-proxy")))
+	rows = append(rows,
+		Evaluate("server/tls/client-kube-proxy.crt", cs[0], t0.Add(368*day+2*time.Hour), renewWindow),
+		Evaluate("server/tls/client-kube-proxy.crt", cs[1], t0.Add(-2*time.Hour), renewWindow),
+	)
+	seen := map[Status]bool{}
+	for _, r := range rows {
+		seen[r.Status] = true
+	}
+	for _, s := range []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusError} {
+		if !seen[s] {
+			t.Fatalf("sample has no %s row", s)
+		}
+	}
+	return rows
+}
+
+func TestRenderJSON(t *testing.T) {
+	rows := sampleRows(t)
+	var buf bytes.Buffer
+	if err := Render(&buf, rows, FormatJSON); err != nil {
+		t.Fatal(err)
+	}
+	var back []Row
+	if err := json.Unmarshal(buf.Bytes(), &back); err != nil {
+		t.Fatalf("unmarshal: %v\n%s", err, buf.String())
+	}
+	if !reflect.DeepEqual(back, rows) {
+		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, rows)
+	}
+	var objs []map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &objs); err != nil {
+		t.Fatal(err)
+	}
+	for i, o := range objs {
+		var keys []string
+		for k := range o {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		want := []string{"expires", "filename", "issuer", "residual", "residual_seconds", "status", "subject", "usages"}
+		if rows[i].Message != "" {
+			want = []string{"expires", "filename", "issuer", "message", "residual", "residual_seconds", "status", "subject", "usages"}
+		}
+		if !reflect.DeepEqual(keys, want) {
+			t.Errorf("object %d keys = %v, want %v", i, keys, want)
+		}
+		if _, ok := o["usages"].([]any); !ok {
+			t.Errorf("object %d usages = %#v, want an array", i, o["usages"])
+		}
+	}
+	if objs[0]["filename"] != "server/tls/client-admin.crt" || objs[0]["status"] != "ERROR" {
+		t.Errorf("first object = %v", objs[0])
+	}
+	if objs[1]["usages"].([]any)[0] != "ClientAuth" || objs[1]["status"] != "WARNING" || objs[1]["residual"] != "65d 0h" || objs[1]["residual_seconds"] != float64(65*24*3600) {
+		t.Errorf("second object = %v", objs[1])
+	}
+
+	buf.Reset()
+	if err := Render(&buf, nil, FormatJSON); err != nil {
+		t.Fatal(err)
+	}
+	if strings.TrimSpace(buf.String()) != "[]" {
+		t.Errorf("empty report = %q, want []", buf.String())
+	}
+}
+
+func TestRenderYAML(t *testing.T) {
+	rows := sampleRows(t)
+	var buf bytes.Buffer
+	if err := Render(&buf, rows, FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	var back []Row
+	if err := yaml.UnmarshalStrict(buf.Bytes(), &back); err != nil {
+		t.Fatalf("unmarshal: %v\n%s", err, buf.String())
+	}
+	if !reflect.DeepEqual(back, rows) {
+		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, rows)
+	}
+	for _, key := range []string{"- expires:", "  filename: server/tls/client-supervisor.crt", "  residual_seconds:", "  status: NOT YET VALID", "  usages:\n  - ClientAuth"} {
+		if !strings.Contains(buf.String(), key) {
+			t.Errorf("YAML lacks %q:\n%s", key, buf.String())
+		}
+	}
+}
+
+var columnSep = regexp.MustCompile(`\s{2,}`)
+
+func TestRenderTable(t *testing.T) {
+	rows := sampleRows(t)
+	var buf bytes.Buffer
+	if err := Render(&buf, rows, FormatTable); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if got := columnSep.Split(lines[0], -1); !reflect.DeepEqual(got, TableHeader) {
+		t.Fatalf("header = %q", got)
+	}
+	statusCol := strings.Index(lines[0], "STATUS")
+	for i, r := range rows {
+		line := lines[1+i]
+		cols := columnSep.Split(line, -1)
+		if len(cols) != len(TableHeader) {
+			t.Errorf("line %q has %d columns, want %d", line, len(cols), len(TableHeader))
+			continue
+		}
+		if cols[0] != r.File || cols[6] != string(r.Status) || line[statusCol:] != string(r.Status) {
+			t.Errorf("line %q does not show row %+v aligned", line, r)
+		}
+		if r.Status != StatusError && (cols[1] != r.Subject || cols[2] != r.Issuer || cols[3] != strings.Join(r.Usages, ",") || cols[4] != r.Expires || cols[5] != r.Residual) {
+			t.Errorf("line %q does not show row %+v", line, r)
+		}
+		if r.Status == StatusError && !reflect.DeepEqual(cols[1:6], []string{"-", "-", "-", "-", "-"}) {
+			t.Errorf("error line %q", line)
+		}
+		if strings.HasSuffix(line, " ") {
+			t.Errorf("line %q has trailing spaces", line)
+		}
+	}
+	// After the rows: a blank line, then one note per row with a message.
+	rest := lines[1+len(rows):]
+	var notes []string
+	for _, r := range rows {
+		if r.Message != "" {
+			notes = append(notes, r.File+": "+string(r.Status)+": "+r.Message)
+		}
+	}
+	if len(rest) != 1+len(notes) || rest[0] != "" || !reflect.DeepEqual(rest[1:], notes) {
+		t.Errorf("notes = %q, want blank line and %q", rest, notes)
+	}
+}
+
+func TestRenderTableWithoutNotes(t *testing.T) {
+	rows := []Row{{File: "agent/client-ca.crt", Subject: "CN=ca", Issuer: "CN=ca", Usages: []string{"CertSign"}, Expires: "2036-01-01T00:00:00Z", Residual: "3650d 0h", Status: StatusOK}}
+	var buf bytes.Buffer
+	if err := Render(&buf, rows, FormatTable); err != nil {
+		t.Fatal(err)
+	}
+	want := "FILENAME             SUBJECT  ISSUER  USAGES    EXPIRES               RESIDUAL TIME  STATUS\n" +
+		"agent/client-ca.crt  CN=ca    CN=ca   CertSign  2036-01-01T00:00:00Z  3650d 0h       OK\n"
+	if buf.String() != want {
+		t.Errorf("table =\n%s\nwant\n%s", buf.String(), want)
+	}
+}
+
+func TestRenderText(t *testing.T) {
+	rows := sampleRows(t)
+	var buf bytes.Buffer
+	if err := Render(&buf, rows, FormatText); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if len(lines) != len(rows) {
+		t.Fatalf("%d lines for %d rows:\n%s", len(lines), len(rows), buf.String())
+	}
+	for i, r := range rows {
+		line := lines[i]
+		if !strings.HasPrefix(line, r.File+": "+string(r.Status)+"; ") {
+			t.Errorf("line %q does not start with the file and status", line)
+		}
+		switch r.Status {
+		case StatusError:
+			if line != r.File+": ERROR; "+r.Message {
+				t.Errorf("error line %q", line)
+			}
+		case StatusExpired:
+			if !strings.Contains(line, "; expired "+r.Expires+" ("+strings.TrimPrefix(r.Residual, "-")+" ago)") {
+				t.Errorf("expired line %q", line)
+			}
+		default:
+			want := "; subject " + r.Subject + "; issuer " + r.Issuer + "; usages " + strings.Join(r.Usages, ",") + "; expires " + r.Expires + " (in " + r.Residual + ")"
+			if !strings.Contains(line, want) {
+				t.Errorf("line %q lacks %q", line, want)
+			}
+		}
+		if r.Status == StatusNotYetValid && !strings.HasSuffix(line, "; "+r.Message) {
+			t.Errorf("not-yet-valid line %q lacks %q", line, r.Message)
+		}
+	}
+	for _, want := range []string{
+		"server/tls/client-kube-proxy.crt: EXPIRED; subject CN=system:kube-proxy; issuer CN=kpki-client-ca@1767225600; usages ClientAuth; expired 2027-01-01T00:00:00Z (3d 2h ago)",
+		"server/tls/client-kube-proxy.crt: NOT YET VALID; subject CN=kpki-client-ca@1767225600; issuer CN=kpki-client-ca@1767225600; usages CertSign; expires 2035-12-30T00:00:00Z (in 3650d 2h); not valid before 2025-12-31T23:00:00Z",
+	} {
+		if !strings.Contains(buf.String(), want+"\n") {
+			t.Errorf("text lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+func TestParseFormat(t *testing.T) {
+	for _, f := range []string{"table", "text", "json", "yaml"} {
+		if got, err := ParseFormat(f); err != nil || string(got) != f {
+			t.Errorf("ParseFormat(%q) = %q, %v", f, got, err)
+		}
+	}
+	for _, bad := range []string{"", "wide", "JSON"} {
+		_, err := ParseFormat(bad)
+		if err == nil || !strings.Contains(err.Error(), "valid formats: table, text, json, yaml") {
+			t.Errorf("ParseFormat(%q) = %v", bad, err)
+		}
+	}
+	if err := Render(&bytes.Buffer{}, nil, Format("wide")); err == nil {
+		t.Error("Render accepted format wide")
+	}
+}

@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kpki/kpki/internal/certcheck"
+	"github.com/kpki/kpki/internal/clock"
+)
+
+func newCheckCmd() *cobra.Command {
+	var (
+		dataDir         string
+		services        []string
+		output          string
+		failOn          string
+		renewBeforeDays int
+	)
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "List every certificate of the node with its expiry and status",
+		Long: `List every certificate in every certificate file of the selected services (all
+services and the CA files when --service is not given), with subject, issuer, usages,
+expiry, residual time and status: OK, WARNING (expires within --renew-before-days),
+EXPIRED, NOT YET VALID, or ERROR for a file that cannot be read.`,
+		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := certcheck.ParseFormat(output)
+			if err != nil {
+				return err
+			}
+			threshold, err := certcheck.ParseFailOn(failOn)
+			if err != nil {
+				return err
+			}
+			if renewBeforeDays < 0 {
+				return fmt.Errorf("--renew-before-days %d must be at least 0", renewBeforeDays)
+			}
+			rows, err := certcheck.Collect(certcheck.Options{
+				DataDir:     dataDir,
+				Services:    services,
+				Now:         clock.Real{}.Now(),
+				RenewBefore: time.Duration(renewBeforeDays) * 24 * time.Hour,
+			})
+			if err != nil {
+				return err
+			}
+			if err := certcheck.Render(cmd.OutOrStdout(), rows, format); err != nil {
+				return fmt.Errorf("write report: %w", err)
+			}
+			return certcheck.Check(rows, threshold)
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	configFlag(cmd)
+	f := cmd.Flags()
+	f.StringSliceVar(&services, "service", nil, "only these services' certificates (comma-separated or repeated); aliases such as rke2-server are accepted")
+	f.StringVarP(&output, "output", "o", string(certcheck.FormatTable), "output format: table, text, json or yaml")
+	f.StringVar(&failOn, "fail-on", "", "exit 1 when a certificate reaches this status: warning (WARNING or worse) or expired (EXPIRED, NOT YET VALID or unreadable)")
+	f.IntVar(&renewBeforeDays, "renew-before-days", 90, "report certificates expiring within this many days as WARNING")
+	return cmd
+}

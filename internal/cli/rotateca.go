@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kpki/kpki/internal/api"
+	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/rotation"
+)
+
+func newRotateCACmd() *cobra.Command {
+	var dataDir, path, server string
+	var force, dryRun bool
+	cmd := &cobra.Command{
+		Use:   "rotate-ca --path DIR",
+		Short: "Load new CA certificates and keys (staged in DIR laid out as a server dir) into the datastore",
+		Long: `Reads DIR/tls/server-ca.crt, DIR/tls/server-ca.key, …, DIR/tls/etcd/peer-ca.key and
+DIR/tls/service.key (files that are missing keep their current value), sends them to the
+running kpki server, which checks them all and, if every check passes, saves them to the
+datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
+		Args:    cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if path == "" {
+				return errors.New("--path is required: the directory holding the staged tls/ files")
+			}
+			return runRotateCA(cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
+		},
+	}
+	dataDirFlag(cmd, &dataDir)
+	configFlag(cmd)
+	serverURLFlag(cmd, &server)
+	cmd.Flags().StringVar(&path, "path", "", "staging directory laid out as a server dir (DIR/tls/...)")
+	cmd.Flags().BoolVar(&force, "force", false, "skip the chain and service-key continuity checks (disruptive: new root)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check and print what would change; write nothing")
+	return cmd
+}
+
+func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("--path: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("--path %s is not a directory", dir)
+	}
+	staged, err := rotation.ReadStaged(dir, func(p string) ([]byte, error) {
+		b, err := datadir.ReadOptional(filepath.FromSlash(p))
+		if err == nil && b != nil && len(strings.TrimSpace(string(b))) == 0 {
+			return nil, fmt.Errorf("%s is empty", p)
+		}
+		return b, err
+	})
+	if err != nil {
+		return err
+	}
+	if len(staged) == 0 {
+		return fmt.Errorf("no CA files found under %s (expected %s/tls/server-ca.crt, …, %s/tls/service.key)", dir, dir, dir)
+	}
+	for _, f := range rotation.Fields() {
+		if _, ok := staged[f]; !ok {
+			fmt.Fprintf(out, "note: %s not staged; keeping the current one\n", filepath.Join(dir, rotation.StagedPath(f)))
+		}
+	}
+	c, err := serverClient(dataDir, server)
+	if err != nil {
+		return err
+	}
+	q := url.Values{}
+	if force {
+		q.Set("force", "true")
+	}
+	if dryRun {
+		q.Set("dry-run", "true")
+	}
+	var resp api.RotateCAResponse
+	err = c.Do(http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
+	var se *api.StatusError
+	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
+		for _, e := range se.Body.Errors {
+			fmt.Fprintf(out, "check failed: %s\n", e)
+		}
+		return fmt.Errorf("CA rotation refused, nothing changed: %d check(s) failed (server error id %s)", len(se.Body.Errors), se.Body.ID)
+	}
+	if err != nil {
+		return err
+	}
+	for _, u := range resp.Unchanged {
+		fmt.Fprintf(out, "unchanged: %s\n", u)
+	}
+	verb := "changed"
+	if resp.DryRun {
+		verb = "would change"
+	}
+	for _, ch := range resp.Changes {
+		switch {
+		case ch.New != nil:
+			fmt.Fprintf(out, "%s: %s\n", verb, ch.File)
+			if ch.Old != nil {
+				fmt.Fprintf(out, "  old: subject %q issuer %q sha256 %s expires %s\n", ch.Old.Subject, ch.Old.Issuer, ch.Old.Fingerprint, ch.Old.NotAfter.Format(time.RFC3339))
+			}
+			fmt.Fprintf(out, "  new: subject %q issuer %q sha256 %s expires %s\n", ch.New.Subject, ch.New.Issuer, ch.New.Fingerprint, ch.New.NotAfter.Format(time.RFC3339))
+		default:
+			fmt.Fprintf(out, "%s: %s (%d key(s))\n", verb, ch.File, ch.KeyCount)
+		}
+	}
+	if resp.DryRun {
+		if resp.TokensChange {
+			fmt.Fprintf(out, "tokens would change: CA hash %s -> %s\n", resp.OldCAHash, resp.NewCAHash)
+		} else {
+			fmt.Fprintln(out, "tokens would not change")
+		}
+		fmt.Fprintln(out, "dry run: every check passed; nothing was written")
+		return nil
+	}
+	fmt.Fprintln(out, "certificates saved to datastore; restart kpki on all nodes, servers first, then agents")
+	if resp.TokensChange {
+		fmt.Fprintf(out, "the CA hash changed; reconfigure every node that joined with a secure token before restarting it:\nserver token: %s\nagent token: %s\n", resp.ServerToken, resp.AgentToken)
+	}
+	return nil
+}

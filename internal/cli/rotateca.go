@@ -87,10 +87,7 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 	err = c.Do(http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
 	var se *api.StatusError
 	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
-		for _, e := range se.Body.Errors {
-			fmt.Fprintf(out, "check failed: %s\n", e)
-		}
-		return fmt.Errorf("CA rotation refused, nothing changed: %d check(s) failed (server error id %s)", len(se.Body.Errors), se.Body.ID)
+		return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", strings.Join(se.Body.Errors, "; "), se.Body.ID)
 	}
 	if err != nil {
 		return err

@@ -53,5 +53,9 @@ func newServerCmd() *cobra.Command {
 	f.StringVar(&cfg.WriteKubeconfig, "write-kubeconfig", "", "write an admin kubeconfig with embedded credentials to this path")
 	f.BoolVar(&cfg.EtcdUnsafeNoFsync, "etcd-unsafe-no-fsync", false, "disable fsync in embedded etcd (tests only)")
 	_ = f.MarkHidden("etcd-unsafe-no-fsync")
+	f.DurationVar(&cfg.CertValidity, "cert-validity", 0, "leaf validity as a duration, overriding --cert-validity-days (tests)")
+	f.DurationVar(&cfg.RenewBefore, "renew-before", 0, "renewal window as a duration, overriding --renew-before-days (tests)")
+	_ = f.MarkHidden("cert-validity")
+	_ = f.MarkHidden("renew-before")
 	return cmd
 }

@@ -109,12 +109,12 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("body is not a DER PKCS#10 certificate request: %v", err))
 		return
 	}
-	if err := csr.CheckSignature(); err != nil {
-		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("CSR signature does not verify: %v", err))
+	if err := acceptableKey(csr); err != nil {
+		s.signError(w, r, http.StatusBadRequest, err)
 		return
 	}
-	if err := acceptableKey(csr.PublicKey); err != nil {
-		s.signError(w, r, http.StatusBadRequest, err)
+	if err := csr.CheckSignature(); err != nil {
+		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("CSR signature does not verify: %v", err))
 		return
 	}
 	ok, err := s.checkNodePassword(r.Context(), node, nodePW)
@@ -148,8 +148,8 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 }
 
 // acceptableKey allows ECDSA P-256/P-384 and RSA keys of 2048 bits or more.
-func acceptableKey(pub any) error {
-	switch k := pub.(type) {
+func acceptableKey(csr *x509.CertificateRequest) error {
+	switch k := csr.PublicKey.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
 			return fmt.Errorf("unsupported ECDSA curve %s: use P-256 or P-384", k.Curve.Params().Name)
@@ -159,7 +159,7 @@ func acceptableKey(pub any) error {
 			return fmt.Errorf("RSA key of %d bits is too small: at least 2048", k.N.BitLen())
 		}
 	default:
-		return fmt.Errorf("unsupported key type %T: use ECDSA P-256/P-384 or RSA 2048+", pub)
+		return fmt.Errorf("unsupported key type %s: use ECDSA P-256/P-384 or RSA 2048+", csr.PublicKeyAlgorithm)
 	}
 	return nil
 }

@@ -45,6 +45,10 @@ type Config struct {
 	CertValidityDays int
 	RenewBeforeDays  int
 	RenewInterval    time.Duration
+	// CertValidity and RenewBefore, when set, override the day-based settings with a
+	// finer duration; tests use them to watch live renewal happen in seconds.
+	CertValidity time.Duration
+	RenewBefore  time.Duration
 
 	MetricsAddress  string
 	WriteKubeconfig string
@@ -127,6 +131,17 @@ func (c *Config) resolve() (*resolved, error) {
 	r.caValidity = days(c.CAValidityDays)
 	r.validity = days(c.CertValidityDays)
 	r.renewBefore = days(c.RenewBeforeDays)
+	if c.CertValidity > 0 || c.RenewBefore > 0 {
+		if c.CertValidity > 0 {
+			r.validity = c.CertValidity
+		}
+		if c.RenewBefore > 0 {
+			r.renewBefore = c.RenewBefore
+		}
+		if r.renewBefore >= r.validity {
+			bad("the renewal window %s must be shorter than the certificate validity %s", r.renewBefore, r.validity)
+		}
+	}
 
 	r.nodeName = strings.ToLower(c.NodeName)
 	if r.nodeName == "" {

@@ -15,9 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -125,21 +124,6 @@ type Agent struct {
 	warnedShort bool
 }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// ValidNodeName reports whether n is a lower-case DNS name.
-func ValidNodeName(n string) bool {
-	if n == "" || len(n) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(n, ".") {
-		if !dnsLabel.MatchString(l) {
-			return false
-		}
-	}
-	return true
-}
-
 // ParseServerURL checks that s is https://host[:port] (a trailing slash allowed) and
 // returns it reduced to scheme and host.
 func ParseServerURL(s string) (*url.URL, error) {
@@ -200,27 +184,15 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	} else {
 		a.layout = datadir.Layout{Root: abs}
 	}
-	a.nodeName = strings.ToLower(strings.TrimSpace(cfg.NodeName))
-	if a.nodeName == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			bad("cannot read the hostname for the node name: %v; set --node-name", err)
-		}
-		a.nodeName = strings.ToLower(h)
+	if n, err := node.Name(cfg.NodeName); err != nil {
+		bad("%v", err)
+	} else {
+		a.nodeName = n
 	}
-	if !ValidNodeName(a.nodeName) {
-		bad("node name %q is not a valid DNS name (lower-case letters, digits, '-' and '.'); set --node-name", a.nodeName)
-	}
-	for _, s := range cfg.NodeIPs {
-		for _, part := range strings.Split(s, ",") {
-			part = strings.TrimSpace(part)
-			ip := net.ParseIP(part)
-			if ip == nil {
-				bad("--node-ip %q is not an IP address", part)
-				continue
-			}
-			a.nodeIPs = append(a.nodeIPs, ip)
-		}
+	if ips, err := node.ParseIPs(cfg.NodeIPs); err != nil {
+		bad("%v", err)
+	} else {
+		a.nodeIPs = ips
 	}
 	if cfg.APIServerPort < 1 || cfg.APIServerPort > 65535 {
 		bad("--api-server-port %d is not a port number (1-65535)", cfg.APIServerPort)

@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
@@ -164,7 +163,7 @@ func (a *Agent) acceptCA(caPEM []byte, caList []*x509.Certificate) error {
 			return nil
 		}
 		old, err := pki.ParseCerts(a.trusted)
-		if err == nil && chainsTo(caList, old, a.clock.Now()) {
+		if err == nil && pki.ChainsTo(caList, old, a.clock.Now()) == nil {
 			a.log.Warn("the cluster CA changed and is signed by the CA this agent trusted; accepting it. Its hash is new: give the agent the new token (kpki token show on a server) before it restarts",
 				"old-hash", oldHash, "new-hash", hash)
 			return nil
@@ -186,24 +185,6 @@ func (a *Agent) acceptCA(caPEM []byte, caList []*x509.Certificate) error {
 			"server", a.base.String(), "ca-hash", hash)
 	}
 	return nil
-}
-
-// chainsTo reports whether the first certificate of bundle verifies, through the rest
-// of bundle, to a certificate of trusted.
-func chainsTo(bundle, trusted []*x509.Certificate, now time.Time) bool {
-	roots := x509.NewCertPool()
-	for _, c := range trusted {
-		roots.AddCert(c)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range bundle[1:] {
-		inter.AddCert(c)
-	}
-	_, err := bundle[0].Verify(x509.VerifyOptions{
-		Roots: roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	})
-	return err == nil
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {

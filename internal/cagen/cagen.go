@@ -16,7 +16,6 @@ package cagen
 import (
 	"bytes"
 	"crypto"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -113,23 +112,6 @@ func serviceKeyFile(iss *pki.Issuer, old []byte, oldPath string) ([]byte, int, e
 		data = append(data, '\n')
 	}
 	return data, n, nil
-}
-
-// checkCACert reports why c cannot sign certificates at now, or nil.
-func checkCACert(c *x509.Certificate, now time.Time) error {
-	if !c.BasicConstraintsValid || !c.IsCA {
-		return fmt.Errorf("certificate %q is not a CA (basicConstraints CA:TRUE missing)", c.Subject.String())
-	}
-	if c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return fmt.Errorf("certificate %q may not sign certificates (keyUsage lacks keyCertSign)", c.Subject.String())
-	}
-	if now.After(c.NotAfter) {
-		return fmt.Errorf("certificate %q expired on %s", c.Subject.String(), c.NotAfter.UTC().Format(time.RFC3339))
-	}
-	if now.Before(c.NotBefore) {
-		return fmt.Errorf("certificate %q is not valid before %s", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339))
-	}
-	return nil
 }
 
 // keyPEMs encodes keys one after the other.

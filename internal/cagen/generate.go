@@ -252,7 +252,7 @@ func loadRoot(certPath string, certPEM []byte, keyPath string, keyPEM []byte, no
 		return nil, nil, fmt.Errorf("root CA %s holds %d certificates, want only the root certificate", certPath, len(list))
 	}
 	root := list[0]
-	if err := checkCACert(root, now); err != nil {
+	if err := pki.CheckCACert(root, now); err != nil {
 		return nil, nil, fmt.Errorf("root CA %s: %w", certPath, err)
 	}
 	if !pki.IsSelfSigned(root) {
@@ -297,11 +297,11 @@ func loadIntermediate(certPath string, certPEM []byte, keyPath string, keyPEM []
 	if !pki.KeyMatchesCert(key, chain[0]) {
 		return nil, nil, fmt.Errorf("intermediate CA key %s does not match the certificate in %s", keyPath, certPath)
 	}
-	if err := checkCACert(chain[0], now); err != nil {
+	if err := pki.CheckCACert(chain[0], now); err != nil {
 		return nil, nil, fmt.Errorf("intermediate CA %s: %w", certPath, err)
 	}
 	for _, c := range chain[1:] {
-		if err := checkCACert(c, now); err != nil {
+		if err := pki.CheckCACert(c, now); err != nil {
 			return nil, nil, fmt.Errorf("intermediate CA %s: %w", certPath, err)
 		}
 	}

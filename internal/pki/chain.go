@@ -90,14 +90,9 @@ func VerifyChain(bundle []*x509.Certificate, now time.Time) (*x509.Certificate, 
 	return root, nil
 }
 
-// CheckCA validates a CA loaded from files at time now: the key matches the first
-// certificate, which is a CA allowed to sign certificates, currently valid, and
-// chaining to a self-signed root within the bundle.
-func CheckCA(ca *CA, now time.Time) error {
-	c := ca.Cert
-	if !KeyMatchesCert(ca.Key, c) {
-		return errors.New("key does not match the certificate")
-	}
+// CheckCACert reports why c cannot sign certificates at time now, or nil: it must be a
+// CA (basicConstraints CA:TRUE), allowed to sign certificates, and currently valid.
+func CheckCACert(c *x509.Certificate, now time.Time) error {
 	if !c.BasicConstraintsValid || !c.IsCA {
 		return fmt.Errorf("certificate %q is not a CA (basicConstraints CA:TRUE missing)", c.Subject.String())
 	}
@@ -109,6 +104,36 @@ func CheckCA(ca *CA, now time.Time) error {
 	}
 	if now.Before(c.NotBefore) {
 		return fmt.Errorf("certificate %q is not valid before %s", c.Subject.String(), c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
+// ChainsTo checks at time now that bundle[0] verifies, through the other certificates
+// of bundle, to one of trusted (used as the only trust anchors): how a rotated CA is
+// checked against the CA it replaces, whatever the order of the bundle.
+func ChainsTo(bundle, trusted []*x509.Certificate, now time.Time) error {
+	roots := x509.NewCertPool()
+	for _, c := range trusted {
+		roots.AddCert(c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range bundle[1:] {
+		inter.AddCert(c)
+	}
+	_, err := bundle[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err
+}
+
+// CheckCA validates a CA loaded from files at time now: the key matches the first
+// certificate, which is a CA allowed to sign certificates, currently valid, and
+// chaining to a self-signed root within the bundle.
+func CheckCA(ca *CA, now time.Time) error {
+	if !KeyMatchesCert(ca.Key, ca.Cert) {
+		return errors.New("key does not match the certificate")
+	}
+	if err := CheckCACert(ca.Cert, now); err != nil {
+		return err
 	}
 	if _, err := VerifyChain(ca.Bundle, now); err != nil {
 		return fmt.Errorf("chain does not verify: %w", err)

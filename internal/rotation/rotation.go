@@ -148,15 +148,8 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 		if !pki.KeyMatchesCert(keys[0], leaf) {
 			fail(p.key, "the first key does not match the first certificate of %s", StagedPath(p.cert))
 		}
-		if !leaf.BasicConstraintsValid || !leaf.IsCA {
-			fail(p.cert, "certificate %q is not a CA (basicConstraints CA:TRUE missing)", leaf.Subject.String())
-		} else if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageCertSign == 0 {
-			fail(p.cert, "certificate %q may not sign certificates (keyUsage lacks keyCertSign)", leaf.Subject.String())
-		}
-		if now.After(leaf.NotAfter) {
-			fail(p.cert, "certificate %q expired on %s", leaf.Subject.String(), leaf.NotAfter.UTC().Format(time.RFC3339))
-		} else if now.Before(leaf.NotBefore) {
-			fail(p.cert, "certificate %q is not valid before %s", leaf.Subject.String(), leaf.NotBefore.UTC().Format(time.RFC3339))
+		if err := pki.CheckCACert(leaf, now); err != nil {
+			fail(p.cert, "%v", err)
 		}
 		if force || !changed(p.cert) {
 			continue
@@ -165,7 +158,7 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 			fail(p.cert, "the new CA file holds a single certificate; it must include its intermediate and root certificates")
 			continue
 		}
-		if err := verifyAgainst(newBundle, oldBundle, now); err != nil {
+		if err := pki.ChainsTo(newBundle, oldBundle, now); err != nil {
 			fail(p.cert, "the new CA does not chain to the current CA (%v); a new root needs a certificate cross-signed by the current one, or --force (disruptive)", err)
 		}
 	}
@@ -204,22 +197,6 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 		r.Errors = append(r.Errors, "nothing to rotate: every staged file is identical to the current one")
 	}
 	return r
-}
-
-// verifyAgainst checks that bundle[0] chains, through bundle's other certificates, to
-// a certificate of the old bundle.
-func verifyAgainst(bundle, old []*x509.Certificate, now time.Time) error {
-	roots := x509.NewCertPool()
-	for _, c := range old {
-		roots.AddCert(c)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range bundle[1:] {
-		inter.AddCert(c)
-	}
-	_, err := bundle[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
-	return err
 }
 
 // Apply returns a copy of current with the changed staged files set, each stamped with

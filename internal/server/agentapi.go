@@ -20,6 +20,7 @@ import (
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datastore"
+	nodeid "github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/supervisor"
 )
 
@@ -80,7 +81,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("headers %s and %s are required", HeaderNodeName, HeaderNodePassword))
 		return
 	}
-	if !validNodeName(node) {
+	if !nodeid.ValidName(node) {
 		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("node name %q is not a valid DNS name", node))
 		return
 	}
@@ -208,11 +209,8 @@ func nodeHash(salt []byte, pw string) string {
 // TLS the joiner verified against its token's CA hash, to a caller holding the server token.
 func (s *Server) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	rec, _, err := s.readRecord(r.Context())
+	rec, _, err := s.currentRecord(r.Context())
 	s.mu.Unlock()
-	if err == nil && rec == nil {
-		err = errors.New("no bootstrap data in the datastore")
-	}
 	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, err)
 		return

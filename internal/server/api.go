@@ -77,11 +77,8 @@ func (s *Server) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctx := r.Context()
-	rec, rev, err := s.readRecord(ctx)
-	if err != nil || rec == nil {
-		if err == nil {
-			err = errors.New("no bootstrap data for this server's token in the datastore")
-		}
+	rec, rev, err := s.currentRecord(ctx)
+	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, err)
 		return
 	}
@@ -192,11 +189,8 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	rec, rev, err := s.readRecord(ctx)
-	if err != nil || rec == nil {
-		if err == nil {
-			err = errors.New("no bootstrap data for this server's token in the datastore")
-		}
+	rec, rev, err := s.currentRecord(ctx)
+	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, err)
 		return
 	}
@@ -252,4 +246,13 @@ func (s *Server) writeAudit(e audit.Entry) {
 	if err := s.audit.Write(e); err != nil {
 		s.log.Warn("audit log write failed", "error", err)
 	}
+}
+
+// currentRecord reads this server's bootstrap record, which must exist.
+func (s *Server) currentRecord(ctx context.Context) (*bootstrap.Record, int64, error) {
+	rec, rev, err := s.readRecord(ctx)
+	if err == nil && rec == nil {
+		err = errors.New("no bootstrap data for this server's token in the datastore")
+	}
+	return rec, rev, err
 }

@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
+
+	"github.com/kpki/kpki/internal/node"
 )
 
 // Config is everything a server is told by flags, env and config file.
@@ -75,8 +75,6 @@ func Defaults() Config {
 		MetricsAddress:   "127.0.0.1:9346",
 	}
 }
-
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // resolved holds the values derived from Config once it is validated.
 type resolved struct {
@@ -143,26 +141,15 @@ func (c *Config) resolve() (*resolved, error) {
 		}
 	}
 
-	r.nodeName = strings.ToLower(c.NodeName)
-	if r.nodeName == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			bad("cannot read the hostname for the node name: %v; set --node-name", err)
-		}
-		r.nodeName = strings.ToLower(h)
+	if n, err := node.Name(c.NodeName); err != nil {
+		bad("%v", err)
+	} else {
+		r.nodeName = n
 	}
-	if !validNodeName(r.nodeName) {
-		bad("node name %q is not a valid DNS name (lower-case letters, digits, '-' and '.'); set --node-name", r.nodeName)
-	}
-	for _, s := range c.NodeIPs {
-		for _, part := range strings.Split(s, ",") {
-			ip := net.ParseIP(strings.TrimSpace(part))
-			if ip == nil {
-				bad("--node-ip %q is not an IP address", part)
-				continue
-			}
-			r.nodeIPs = append(r.nodeIPs, ip)
-		}
+	if ips, err := node.ParseIPs(c.NodeIPs); err != nil {
+		bad("%v", err)
+	} else {
+		r.nodeIPs = ips
 	}
 	r.bind = c.BindAddress
 	if r.bind != "" && net.ParseIP(r.bind) == nil {
@@ -224,18 +211,6 @@ func (c *Config) resolve() (*resolved, error) {
 }
 
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }
-
-func validNodeName(n string) bool {
-	if n == "" || len(n) > 253 {
-		return false
-	}
-	for _, l := range strings.Split(n, ".") {
-		if !dnsLabel.MatchString(l) {
-			return false
-		}
-	}
-	return true
-}
 
 func dedupe(in []string) []string {
 	seen := map[string]bool{}

@@ -1,0 +1,23 @@
+# Test entry points; .ci/run runs `make test`.
+.PHONY: build test unit e2e lint
+
+build:
+	go build -o kpki ./cmd/kpki
+
+# Everything: unit and end-to-end tests of the module, then the Kubernetes suite.
+test: lint unit e2e
+
+lint:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))"
+	go vet ./...
+	go run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	cd test/kube && go vet ./...
+
+unit:
+	go test -timeout 40m ./...
+
+# Real kube-apiserver and kube-controller-manager on kpki's PKI. The components are
+# built from the Go module proxy; the binaries are kept in the user cache dir and the
+# Go build cache, so only the first run pays the cold build (about 6 minutes).
+e2e:
+	cd test/kube && go test -count=1 -timeout 40m -v ./...

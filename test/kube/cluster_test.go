@@ -92,7 +92,12 @@ func (c *cluster) startAPIServer() {
 	})
 }
 
-func (c *cluster) stopAPIServer() { c.apis.stop() }
+// stopAPIServer stops kube-apiserver; it drains open watches for a long time after
+// SIGTERM, which a restart in a test need not wait for.
+func (c *cluster) stopAPIServer() {
+	c.apis.grace = 5 * time.Second
+	c.apis.stop()
+}
 
 // startControllerManager runs the CSR signing controller with kpki's CA files, one
 // signer per flag pair.

@@ -106,11 +106,13 @@ func freePort(t *testing.T) int {
 
 // proc is a background process whose output goes to a log file.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string
-	done chan struct{}
-	err  error
+	// grace is how long stop waits after SIGTERM before killing.
+	grace time.Duration
+	name  string
+	cmd   *exec.Cmd
+	log   string
+	done  chan struct{}
+	err   error
 }
 
 func start(t *testing.T, name, logDir string, bin string, args ...string) *proc {
@@ -126,7 +128,7 @@ func start(t *testing.T, name, logDir string, bin string, args ...string) *proc 
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{}), grace: 30 * time.Second}
 	go func() { p.err = cmd.Wait(); f.Close(); close(p.done) }()
 	t.Cleanup(func() {
 		p.stop()
@@ -146,7 +148,7 @@ func (p *proc) stop() {
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
-	case <-time.After(30 * time.Second):
+	case <-time.After(p.grace):
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	}

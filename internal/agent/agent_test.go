@@ -21,6 +21,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
@@ -324,8 +325,8 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 		t.Fatalf("%d signing requests, want 4", len(signs))
 	}
 	for _, r := range signs {
-		if r.Header.Get("Content-Type") != ContentTypeCSR || r.Header.Get(HeaderNodeName) != testNode ||
-			r.Header.Get(HeaderNodePassword) != pw || r.Header.Get(HeaderNodeIP) != "10.0.0.5,fd00::5" {
+		if r.Header.Get("Content-Type") != ContentTypeCSR || r.Header.Get(api.HeaderNodeName) != testNode ||
+			r.Header.Get(api.HeaderNodePassword) != pw || r.Header.Get(api.HeaderNodeIP) != "10.0.0.5,fd00::5" {
 			t.Errorf("%s headers: %v", r.Path, r.Header)
 		}
 	}
@@ -553,7 +554,7 @@ func TestHashMismatchRefusedBeforeCredentials(t *testing.T) {
 		t.Fatalf("got %v, want %q", err, want)
 	}
 	for _, r := range fx.fake.takeRequests() {
-		if r.Authorized || r.Path != PathCACerts || r.Header.Get(HeaderNodePassword) != "" {
+		if r.Authorized || r.Path != PathCACerts || r.Header.Get(api.HeaderNodePassword) != "" {
 			t.Errorf("request %s %s sent credentials (authorized %v) before the CA was checked", r.Method, r.Path, r.Authorized)
 		}
 	}

@@ -14,18 +14,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/pki"
 )
 
 // Paths and headers of the supervisor API the agent uses (SPEC §7).
 const (
-	PathCACerts        = "/cacerts"
-	PathServerCA       = "/v1-kpki/server-ca.crt"
-	PathClientCA       = "/v1-kpki/client-ca.crt"
-	HeaderNodeName     = "Kpki-Node-Name"
-	HeaderNodePassword = "Kpki-Node-Password"
-	HeaderNodeIP       = "Kpki-Node-IP"
-	ContentTypeCSR     = "application/pkcs10"
+	PathCACerts    = "/cacerts"
+	PathServerCA   = "/v1-kpki/server-ca.crt"
+	PathClientCA   = "/v1-kpki/client-ca.crt"
+	ContentTypeCSR = "application/pkcs10"
 )
 
 // SignPath is the endpoint that signs the leaf named name.
@@ -184,10 +182,10 @@ func (a *Agent) sign(ctx context.Context, h *httpClient, name, nodePassword stri
 	r, err := h.do(ctx, http.MethodPost, path, csrDER, func(req *http.Request) {
 		req.SetBasicAuth(a.user, a.tok.Password)
 		req.Header.Set("Content-Type", ContentTypeCSR)
-		req.Header.Set(HeaderNodeName, a.nodeName)
-		req.Header.Set(HeaderNodePassword, nodePassword)
+		req.Header.Set(api.HeaderNodeName, a.nodeName)
+		req.Header.Set(api.HeaderNodePassword, nodePassword)
 		if ips := a.nodeIPList(); ips != "" {
-			req.Header.Set(HeaderNodeIP, ips)
+			req.Header.Set(api.HeaderNodeIP, ips)
 		}
 	})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/pki"
@@ -287,7 +288,7 @@ func (f *fakeServer) handleSign(w http.ResponseWriter, r *http.Request) {
 		fakeError(w, http.StatusBadRequest, "content type "+ct+", want "+ContentTypeCSR)
 		return
 	}
-	node, nodePW := r.Header.Get(HeaderNodeName), r.Header.Get(HeaderNodePassword)
+	node, nodePW := r.Header.Get(api.HeaderNodeName), r.Header.Get(api.HeaderNodePassword)
 	if node == "" || nodePW == "" {
 		fakeError(w, http.StatusBadRequest, "node name and node password headers are required")
 		return
@@ -298,7 +299,7 @@ func (f *fakeServer) handleSign(w http.ResponseWriter, r *http.Request) {
 	}
 	f.nodes[node] = nodePW
 	var ips []net.IP
-	if v := r.Header.Get(HeaderNodeIP); v != "" {
+	if v := r.Header.Get(api.HeaderNodeIP); v != "" {
 		for _, s := range strings.Split(v, ",") {
 			ip := net.ParseIP(s)
 			if ip == nil {

@@ -25,6 +25,13 @@ const (
 	PathTokenRotate = "/v1-kpki/token"
 )
 
+// Headers a node sends with its signing requests (SPEC §7).
+const (
+	HeaderNodeName     = "Kpki-Node-Name"
+	HeaderNodePassword = "Kpki-Node-Password"
+	HeaderNodeIP       = "Kpki-Node-IP"
+)
+
 // RotateCARequest carries the staged files, keyed by bootstrap field (ServerCA, ...).
 type RotateCARequest struct {
 	Files map[string][]byte `json:"files"`

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datastore"
@@ -29,13 +30,6 @@ const nodePasswordPrefix = "/kpki/node-passwords/"
 
 // maxCSRBody bounds a CSR upload.
 const maxCSRBody = 64 << 10
-
-// Headers a node sends with its signing requests.
-const (
-	HeaderNodeName     = "Kpki-Node-Name"
-	HeaderNodePassword = "Kpki-Node-Password"
-	HeaderNodeIP       = "Kpki-Node-IP"
-)
 
 func (s *Server) registerAgentAPI() {
 	both := []supervisor.Role{supervisor.RoleServer, supervisor.RoleAgent}
@@ -75,10 +69,10 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, code int, err
 // handleSign issues an agent leaf for the public key of the CSR in the body. The server
 // decides subject, SANs, usages and validity from the certificate table.
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.Leaf) {
-	node := strings.ToLower(strings.TrimSpace(r.Header.Get(HeaderNodeName)))
-	nodePW := r.Header.Get(HeaderNodePassword)
+	node := strings.ToLower(strings.TrimSpace(r.Header.Get(api.HeaderNodeName)))
+	nodePW := r.Header.Get(api.HeaderNodePassword)
 	if node == "" || nodePW == "" {
-		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("headers %s and %s are required", HeaderNodeName, HeaderNodePassword))
+		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("headers %s and %s are required", api.HeaderNodeName, api.HeaderNodePassword))
 		return
 	}
 	if !nodeid.ValidName(node) {
@@ -86,11 +80,11 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		return
 	}
 	var ips []net.IP
-	if v := strings.TrimSpace(r.Header.Get(HeaderNodeIP)); v != "" {
+	if v := strings.TrimSpace(r.Header.Get(api.HeaderNodeIP)); v != "" {
 		for _, part := range strings.Split(v, ",") {
 			ip := net.ParseIP(strings.TrimSpace(part))
 			if ip == nil {
-				s.signError(w, r, http.StatusBadRequest, fmt.Errorf("%s entry %q is not an IP address", HeaderNodeIP, part))
+				s.signError(w, r, http.StatusBadRequest, fmt.Errorf("%s entry %q is not an IP address", api.HeaderNodeIP, part))
 				return
 			}
 			ips = append(ips, ip)

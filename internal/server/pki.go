@@ -312,20 +312,25 @@ func (s *Server) ensurePasswd() error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if srv, ok := pw.Find("server"); ok {
-			if s.tok.Password == "" {
-				s.tok.Password = srv.Password
-			} else if srv.Password != s.tok.Password {
-				return fmt.Errorf("the token does not match the server password in %s; use the cluster's token, or `kpki token rotate` to change it", path)
-			}
-		}
 		if node, ok := pw.Find("node"); ok && s.agentPassword == "" {
 			s.agentPassword = node.Password
 		}
-		if _, ok := pw.Find("server"); ok {
-			if _, ok := pw.Find("node"); ok {
+		srv, hasServer := pw.Find("server")
+		if hasServer {
+			if s.tok.Password == "" {
+				s.tok.Password = srv.Password
+			} else if srv.Password != s.tok.Password {
+				if s.firstStart {
+					return fmt.Errorf("the token does not match the server password in %s; use the cluster's token, or `kpki token rotate` to change it", path)
+				}
+				// The token was rotated on another server: the datastore, which only this
+				// token can open, brings the new passwd file.
+				s.log.Warn("the token differs from the server password on disk; taking passwd from the datastore", "file", path)
 				return nil
 			}
+		}
+		if _, hasNode := pw.Find("node"); hasServer && hasNode {
+			return nil
 		}
 	}
 	if s.tok.Password == "" {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -65,7 +66,7 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "kpki %s\n", Version)
+			fmt.Fprintf(cmd.OutOrStdout(), "kpki %s\n", version())
 			return nil
 		},
 	}
@@ -83,4 +84,34 @@ func dataDirFlag(cmd *cobra.Command, p *string) {
 // configFlag registers --config.
 func configFlag(cmd *cobra.Command) {
 	cmd.Flags().String("config", DefaultConfigFile, "YAML config file whose keys are long flag names")
+}
+
+// version is Version, or the VCS revision the binary was built from.
+func version() string {
+	if Version != "dev" {
+		return Version
+	}
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return Version
+	}
+	rev, dirty := "", false
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev == "" {
+		return Version
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if dirty {
+		rev += "-dirty"
+	}
+	return Version + "+" + rev
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,19 +31,31 @@ type Entry struct {
 	Detail         string    `json:"detail,omitempty"`
 }
 
-// Log appends entries to a file.
+// Log appends entries to a file. Concurrent writers share fsyncs (group commit): each
+// Write returns once its own line is durable, and one fsync makes durable every line
+// appended before it, so a burst of issuances does not queue on one fsync each.
 type Log struct {
-	mu   sync.Mutex
-	path string
+	mu       sync.Mutex
+	cond     *sync.Cond
+	path     string
+	f        *os.File
+	appended int64 // lines written to the file
+	synced   int64 // lines known durable
+	syncing  bool
+	syncs    int64 // fsyncs done, for tests
 }
 
 // Open returns a log appending to path (created 0600 on first write).
-func Open(path string) *Log { return &Log{path: path} }
+func Open(path string) *Log {
+	l := &Log{path: path}
+	l.cond = sync.NewCond(&l.mu)
+	return l
+}
 
 // Path is the log file's path.
 func (l *Log) Path() string { return l.path }
 
-// Write appends e.
+// Write appends e and returns once it is on disk.
 func (l *Log) Write(e Entry) error {
 	if l == nil {
 		return nil
@@ -53,22 +66,70 @@ func (l *Log) Write(e Entry) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if err := os.MkdirAll(filepath.Dir(l.path), 0o700); err != nil {
+	if l.f == nil {
+		if err := os.MkdirAll(filepath.Dir(l.path), 0o700); err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+		f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+		l.f = f
+	}
+	if _, err := l.f.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
-	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("audit log: %w", err)
+	l.appended++
+	mine := l.appended
+	for l.synced < mine {
+		if l.syncing {
+			l.cond.Wait()
+			continue
+		}
+		if l.f == nil {
+			return errors.New("audit log: closed before the entry was synced")
+		}
+		l.syncing = true
+		target, f := l.appended, l.f
+		l.mu.Unlock()
+		err := f.Sync()
+		l.mu.Lock()
+		l.syncs++
+		l.syncing = false
+		l.cond.Broadcast()
+		if err != nil {
+			return fmt.Errorf("audit log: %w", err)
+		}
+		if target > l.synced {
+			l.synced = target
+		}
 	}
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return fmt.Errorf("audit log: %w", err)
+	return nil
+}
+
+// Close closes the file; a later Write opens it again.
+func (l *Log) Close() error {
+	if l == nil {
+		return nil
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("audit log: %w", err)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for l.syncing {
+		l.cond.Wait()
 	}
-	return f.Close()
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Sync()
+	if err == nil {
+		l.synced = l.appended
+	}
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	l.f = nil
+	l.cond.Broadcast()
+	return err
 }
 
 // Fingerprint is the SHA-256 of a certificate's DER, hex.

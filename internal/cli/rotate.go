@@ -46,7 +46,11 @@ The aliases rke2-server, k3s-server (kpki-server) and rke2-controller, k3s-contr
 				return nil
 			}
 			log := audit.Open(datadir.Layout{Root: dataDir}.AuditLog())
-			if err := plan.Execute(log, "certificate-rotate", now); err != nil {
+			err = plan.Execute(log, "certificate-rotate", now)
+			if cerr := log.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
 				return err
 			}
 			dirs := ""

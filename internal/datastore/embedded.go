@@ -58,17 +58,35 @@ func (c EmbeddedConfig) PeerURL() string {
 }
 
 // CheckDatabase opens the member's database read-only to find corruption before etcd
-// itself does (etcd panics on a database it cannot open).
+// itself does (etcd panics on a database it cannot open). Opening reads only the meta
+// pages; a file cut short after them would make etcd fault on the missing pages, which
+// kills the process, so the file must also hold every page the meta page counts.
 func CheckDatabase(dataDir string) error {
 	db := filepath.Join(dataDir, "member", "snap", "db")
-	if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
+	fi, err := os.Stat(db)
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("etcd database %s: %w", db, err)
 	}
 	b, err := bolt.Open(db, 0o600, &bolt.Options{ReadOnly: true, Timeout: 2 * time.Second})
 	if err != nil {
 		return fmt.Errorf("etcd database %s cannot be opened: %w", db, err)
 	}
-	return b.Close()
+	err = b.View(func(tx *bolt.Tx) error {
+		if tx.Size() > fi.Size() {
+			return fmt.Errorf("the file is truncated: %d bytes, its pages need %d", fi.Size(), tx.Size())
+		}
+		return nil
+	})
+	if cerr := b.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("etcd database %s cannot be opened: %w", db, err)
+	}
+	return nil
 }
 
 // StartEmbedded starts the member and waits until it serves, then connects to it.

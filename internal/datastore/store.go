@@ -143,6 +143,27 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
+// CreateOrGet writes key if it does not exist, else returns its current value, in one
+// transaction.
+func (s *Store) CreateOrGet(ctx context.Context, key string, value []byte) (created bool, existing []byte, err error) {
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return false, nil, fmt.Errorf("datastore create %s: %w", key, err)
+	}
+	if resp.Succeeded {
+		return true, nil, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return false, nil, ErrConflict
+	}
+	return false, kvs[0].Value, nil
+}
+
 // Update replaces key's value if its modification revision is still rev (ErrConflict
 // otherwise) and returns the new revision.
 func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {

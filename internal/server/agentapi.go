@@ -20,7 +20,6 @@ import (
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
-	"github.com/kpki/kpki/internal/datastore"
 	nodeid "github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/supervisor"
 )
@@ -163,33 +162,24 @@ func acceptableKey(csr *x509.CertificateRequest) error {
 // The stored value is a salted SHA-256: node passwords are 128-bit random.
 func (s *Server) checkNodePassword(ctx context.Context, node, pw string) (bool, error) {
 	key := nodePasswordPrefix + node
-	stored, _, err := s.store.Get(ctx, key)
-	if errors.Is(err, datastore.ErrNotFound) {
-		var salt [16]byte
-		if _, err := rand.Read(salt[:]); err != nil {
-			return false, err
-		}
-		value := hex.EncodeToString(salt[:]) + ":" + nodeHash(salt[:], pw)
-		err = s.store.Create(ctx, key, []byte(value))
-		if err == nil {
-			s.log.Info("registered node", "node", node)
-			return true, nil
-		}
-		if !errors.Is(err, datastore.ErrExists) {
-			return false, err
-		}
-		if stored, _, err = s.store.Get(ctx, key); err != nil {
-			return false, err
-		}
-	} else if err != nil {
+	var salt [16]byte
+	if _, err := rand.Read(salt[:]); err != nil {
 		return false, err
 	}
+	created, stored, err := s.store.CreateOrGet(ctx, key, []byte(hex.EncodeToString(salt[:])+":"+nodeHash(salt[:], pw)))
+	if err != nil {
+		return false, err
+	}
+	if created {
+		s.log.Info("registered node", "node", node)
+		return true, nil
+	}
 	saltHex, sum, ok := strings.Cut(string(stored), ":")
-	salt, err := hex.DecodeString(saltHex)
+	storedSalt, err := hex.DecodeString(saltHex)
 	if !ok || err != nil {
 		return false, fmt.Errorf("node password record %s is malformed", key)
 	}
-	return subtle.ConstantTimeCompare([]byte(nodeHash(salt, pw)), []byte(sum)) == 1, nil
+	return subtle.ConstantTimeCompare([]byte(nodeHash(storedSalt, pw)), []byte(sum)) == 1, nil
 }
 
 func nodeHash(salt []byte, pw string) string {

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
+	"syscall"
 
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/audit"
@@ -29,13 +31,11 @@ func (s *Server) registerAPI() {
 	s.sup.Handle("PUT "+api.PathTokenRotate, s.sup.Require(s.handleTokenRotate, supervisor.RoleServer))
 }
 
-// authenticate checks basic credentials against cred/passwd in constant time.
+// authenticate checks basic credentials against cred/passwd in constant time. The
+// parsed file is kept until the file is replaced (every write of it is a rename, so a
+// new inode) or its modification time or size changes.
 func (s *Server) authenticate(user, password string) (supervisor.Role, bool) {
-	data, err := datadir.ReadOptional(s.layout.PasswdFile())
-	if err != nil || data == nil {
-		return "", false
-	}
-	pw, err := ParsePasswd(data)
+	pw, err := s.passwd()
 	if err != nil || !pw.Check(user, password) {
 		return "", false
 	}
@@ -47,6 +47,32 @@ func (s *Server) authenticate(user, password string) (supervisor.Role, bool) {
 		return supervisor.RoleAgent, true
 	}
 	return "", false
+}
+
+func (s *Server) passwd() (Passwd, error) {
+	st, err := os.Stat(s.layout.PasswdFile())
+	if err != nil {
+		return nil, err
+	}
+	s.passwdMu.Lock()
+	defer s.passwdMu.Unlock()
+	ino := uint64(0)
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
+		ino = sys.Ino
+	}
+	if s.passwdCache != nil && st.ModTime().Equal(s.passwdMod) && st.Size() == s.passwdSize && ino == s.passwdIno {
+		return s.passwdCache, nil
+	}
+	data, err := os.ReadFile(s.layout.PasswdFile())
+	if err != nil {
+		return nil, err
+	}
+	pw, err := ParsePasswd(data)
+	if err != nil {
+		return nil, err
+	}
+	s.passwdCache, s.passwdMod, s.passwdSize, s.passwdIno = pw, st.ModTime(), st.Size(), ino
+	return pw, nil
 }
 
 func decodeBody(r *http.Request, limit int64, v any) error {

@@ -63,6 +63,12 @@ type Server struct {
 
 	servingCertV atomic.Pointer[tls.Certificate]
 
+	passwdMu    sync.Mutex
+	passwdCache Passwd
+	passwdMod   time.Time
+	passwdSize  int64
+	passwdIno   uint64
+
 	ready  atomic.Bool
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -238,6 +244,7 @@ func (s *Server) Stop() {
 }
 
 func (s *Server) release() {
+	s.audit.Close()
 	if s.supLn != nil {
 		s.supLn.Close()
 	}

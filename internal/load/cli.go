@@ -1,0 +1,123 @@
+package load
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// Exit statuses of kpki-load.
+const (
+	ExitOK = 0
+	// ExitFailed: the run could not start or stopped on a set-up error.
+	ExitFailed = 1
+	// ExitUsage: a flag is wrong or out of bounds.
+	ExitUsage = 2
+	// ExitRequestErrors: the run completed, and some requests failed.
+	ExitRequestErrors = 3
+)
+
+const usage = `kpki-load drives a kpki server's supervisor the way a fleet of joining agents
+does, and compares each scenario with GET /ping measured in the same run.
+
+Scenarios (run in the order given):
+  ping   GET /ping: TLS and HTTP without PKI work, the baseline
+  renew  --nodes registered nodes re-sign (registered before the timed run)
+  join   every request is a node never seen before: registration, then signing
+
+Keys and CSRs are generated before the timed runs. Load is only sent to a loopback
+address. Exit status: 0 ok, 1 failure, 2 bad flags, 3 some requests failed.
+
+Usage:
+  kpki-load --token-file <data-dir>/server/agent-token [flags]
+
+Flags:
+`
+
+// Main runs kpki-load with args and returns its exit status.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := pflag.NewFlagSet("kpki-load", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	cfg := Config{}
+	var tokenFile string
+	var scenarios []string
+	var jsonOut bool
+	fs.StringVar(&cfg.Server, "server", DefaultServer, "supervisor URL; must be a loopback address or a name resolving only to loopback addresses")
+	fs.StringVar(&cfg.Token, "token", "", "agent token K10<ca-hash>::node:<password> (the CA is pinned with its hash)")
+	fs.StringVar(&tokenFile, "token-file", "", "file holding the agent token, such as <data-dir>/server/agent-token")
+	fs.IntVar(&cfg.Nodes, "nodes", DefaultNodes, "registered nodes the renew scenario signs for, each with its own node password")
+	fs.IntVar(&cfg.Requests, "requests", DefaultRequests, fmt.Sprintf("timed requests per scenario, across all workers (at most %d)", MaxRequests))
+	fs.IntVar(&cfg.Concurrency, "concurrency", DefaultConcurrency, "requests in flight")
+	fs.DurationVar(&cfg.Duration, "duration", DefaultDuration, fmt.Sprintf("hard stop of the whole run, set-up included (at most %v)", MaxDuration))
+	fs.StringSliceVar(&scenarios, "scenario", []string{"ping", "renew", "join"}, "scenarios to run, in order: ping, renew, join")
+	fs.StringVar(&cfg.Cert, "cert", DefaultCert, "agent certificate the signing scenarios ask for")
+	fs.StringVar(&cfg.NamePrefix, "name-prefix", DefaultNamePrefix, "start of every node name; a random run id follows it")
+	fs.BoolVar(&cfg.KeepAlive, "keep-alive", false, "reuse connections instead of one TLS connection per request")
+	fs.BoolVar(&jsonOut, "json", false, "write the report as JSON")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return ExitOK
+		}
+		return ExitUsage
+	}
+	fail := func(code int, err error) int {
+		fmt.Fprintln(stderr, "kpki-load:", err)
+		return code
+	}
+	if fs.NArg() > 0 {
+		return fail(ExitUsage, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " ")))
+	}
+	var err error
+	if cfg.Scenarios, err = ParseScenarios(scenarios); err != nil {
+		return fail(ExitUsage, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return fail(ExitUsage, err)
+	}
+	if _, err := CheckServer(ctx, cfg.Server); err != nil {
+		return fail(ExitUsage, err)
+	}
+	switch {
+	case cfg.Token != "" && tokenFile != "":
+		return fail(ExitUsage, errors.New("give --token or --token-file, not both"))
+	case tokenFile != "":
+		data, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return fail(ExitUsage, fmt.Errorf("--token-file: %w", err))
+		}
+		cfg.Token = strings.TrimSpace(string(data))
+	case cfg.Token == "":
+		return fail(ExitUsage, errors.New("--token or --token-file is required: the agent token, <data-dir>/server/agent-token"))
+	}
+
+	progress := stderr
+	rep, err := Run(ctx, cfg, progress)
+	if err != nil {
+		return fail(ExitFailed, err)
+	}
+	if jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(rep)
+	} else {
+		err = rep.WriteText(stdout)
+	}
+	if err != nil {
+		return fail(ExitFailed, err)
+	}
+	if rep.ErrorCount() > 0 {
+		return ExitRequestErrors
+	}
+	return ExitOK
+}

@@ -208,6 +208,11 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	}
 	a.renewBefore = time.Duration(cfg.RenewBeforeDays) * 24 * time.Hour
 	a.apiServer = "https://" + net.JoinHostPort(a.base.Hostname(), strconv.Itoa(cfg.APIServerPort))
+	if len(a.nodeIPs) == 0 {
+		if ip := routeIP(a.base); ip != nil {
+			a.nodeIPs = []net.IP{ip}
+		}
+	}
 	return a, nil
 }
 
@@ -314,4 +319,22 @@ func (a *Agent) release() {
 // leafFiles returns the certificate and key paths of an agent leaf.
 func (a *Agent) leafFiles(l certs.Leaf) (crt, key string) {
 	return a.layout.Agent(l.Name + ".crt"), a.layout.Agent(l.Name + ".key")
+}
+
+// routeIP is the local address this node uses to reach the server, the default node IP
+// (K3s takes the same). Connecting a UDP socket only picks the route: nothing is sent.
+func routeIP(server *url.URL) net.IP {
+	port := server.Port()
+	if port == "" {
+		port = "443"
+	}
+	conn, err := net.Dial("udp", net.JoinHostPort(server.Hostname(), port))
+	if err != nil {
+		return nil
+	}
+	defer conn.Close()
+	if a, ok := conn.LocalAddr().(*net.UDPAddr); ok {
+		return a.IP
+	}
+	return nil
 }

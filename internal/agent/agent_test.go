@@ -838,3 +838,23 @@ func TestServerCAEndpointsDisagree(t *testing.T) {
 	}
 	assertNothingWritten(t, fx.dd)
 }
+
+// TestDefaultNodeIPIsTheRouteToTheServer checks that without --node-ip the agent claims
+// the local address it reaches the server from.
+func TestDefaultNodeIPIsTheRouteToTheServer(t *testing.T) {
+	fx := newFixture(t)
+	fx.cfg.NodeIPs = nil
+	a, _ := fx.agent()
+	if _, err := a.RunOnce(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	signs := signingRequests(fx.fake.takeRequests())
+	if len(signs) != 4 {
+		t.Fatalf("%d signing requests, want 4", len(signs))
+	}
+	for _, r := range signs {
+		if got := r.Header.Get(api.HeaderNodeIP); got != "127.0.0.1" {
+			t.Errorf("%s: %s = %q, want 127.0.0.1 (the address the agent reaches its loopback server from)", r.Path, api.HeaderNodeIP, got)
+		}
+	}
+}

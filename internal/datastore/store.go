@@ -211,13 +211,22 @@ type Event struct {
 	Deleted  bool
 }
 
-// WatchPrefix sends every change of a key under prefix until ctx ends.
-func (s *Store) WatchPrefix(ctx context.Context, prefix string) <-chan Event {
+// WatchPrefix sends every change of a key under prefix from revision fromRev on (from
+// now when fromRev is 0) until ctx ends. The channel closes when the watch ends, also
+// when etcd refuses it (for instance because fromRev was compacted away).
+func (s *Store) WatchPrefix(ctx context.Context, prefix string, fromRev int64) <-chan Event {
 	out := make(chan Event, 16)
-	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, clientv3.WithPrefix())
+	opts := []clientv3.OpOption{clientv3.WithPrefix()}
+	if fromRev > 0 {
+		opts = append(opts, clientv3.WithRev(fromRev))
+	}
+	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...)
 	go func() {
 		defer close(out)
 		for resp := range wc {
+			if resp.Err() != nil {
+				return
+			}
 			for _, ev := range resp.Events {
 				e := Event{Key: string(ev.Kv.Key), Revision: ev.Kv.ModRevision, Deleted: ev.Type == clientv3.EventTypeDelete}
 				select {

@@ -453,7 +453,7 @@ func TestWatchPrefix(t *testing.T) {
 	defer cancel()
 	prefix := p + "bootstrap/"
 	syncKey := prefix + "sync"
-	ch := s.WatchPrefix(ctx, prefix)
+	ch := s.WatchPrefix(ctx, prefix, 0)
 	syncWatch(t, s, ch, syncKey)
 
 	type step struct {

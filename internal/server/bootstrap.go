@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/kpki/kpki/internal/bootstrap"
 	"github.com/kpki/kpki/internal/datadir"
@@ -224,20 +225,45 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 
 // watchBootstrap notices changes of the bootstrap data made by another server (rotate-ca,
 // token rotation): this server keeps running with its current files and says that a
-// restart is needed. Changes this server made itself are recorded in bootstrapRev
-// under s.mu before the watch can compare them.
+// restart is needed. The watch starts right after the revision this server read, so a
+// change made in between is not missed; changes this server made itself are recorded in
+// bootstrapRev under s.mu before the watch can compare them.
 func (s *Server) watchBootstrap(ctx context.Context) {
 	if s.store == nil {
 		return
 	}
-	for ev := range s.store.WatchPrefix(ctx, bootstrap.KeyPrefix) {
-		s.mu.Lock()
-		own := ev.Revision <= s.bootstrapRev.Load()
-		s.mu.Unlock()
-		if own {
-			continue
+	from := s.bootstrapRev.Load() + 1
+	for ctx.Err() == nil {
+		for ev := range s.store.WatchPrefix(ctx, bootstrap.KeyPrefix, from) {
+			s.mu.Lock()
+			own := ev.Revision <= s.bootstrapRev.Load()
+			s.mu.Unlock()
+			if !own {
+				s.flagRestart(ev.Key)
+			}
 		}
-		s.metrics.RestartRequired.Set(1)
-		s.log.Warn("the bootstrap data in the datastore changed; restart kpki to use the new CA material", "key", ev.Key)
+		if ctx.Err() != nil {
+			return
+		}
+		// The watch ended (etcd restarted it, or the revision was compacted): compare the
+		// record once more and watch again from now on.
+		s.mu.Lock()
+		key, rev := s.bootstrapKey, s.bootstrapRev.Load()
+		s.mu.Unlock()
+		if _, cur, err := s.store.Get(ctx, key); err == nil && cur != rev {
+			s.flagRestart(key)
+		} else if errors.Is(err, datastore.ErrNotFound) {
+			s.flagRestart(key)
+		}
+		from = 0
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
+}
+
+func (s *Server) flagRestart(key string) {
+	s.metrics.RestartRequired.Set(1)
+	s.log.Warn("the bootstrap data in the datastore changed; restart kpki to use the new CA material", "key", key)
 }

@@ -297,3 +297,36 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// TightenDirs sets mode 0700 on every directory under root (root included) that is
+// more open, except the etcd data and logs, and returns those it changed. Directories an
+// operator made by hand (mkdir -p for custom CA files) are usually 0755.
+func TightenDirs(root string) ([]string, error) {
+	var changed []string
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if p != root && (d.Name() == "db" || d.Name() == "logs") {
+			return filepath.SkipDir
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if info.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, DirMode); err != nil {
+				return fmt.Errorf("chmod %s: %w", p, err)
+			}
+			changed = append(changed, p)
+		}
+		return nil
+	})
+	return changed, err
+}

@@ -797,3 +797,49 @@ func TestRecoverEdgeCases(t *testing.T) {
 		}
 	})
 }
+
+func TestTightenDirs(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"tls/etcd", "cred", "db/etcd/member", "logs"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(filepath.Join(root, "tls"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "tls", "x.key"), []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := TightenDirs(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"tls", "tls/etcd", "cred"} {
+		st, err := os.Stat(filepath.Join(root, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s mode %v, want 0700", d, st.Mode().Perm())
+		}
+	}
+	for _, d := range []string{"db/etcd/member", "logs"} {
+		st, _ := os.Stat(filepath.Join(root, d))
+		if st.Mode().Perm() != 0o755 {
+			t.Errorf("%s mode changed to %v; etcd's data and logs are left alone", d, st.Mode().Perm())
+		}
+	}
+	if len(changed) != 3 {
+		t.Errorf("changed %v, want tls, tls/etcd and cred", changed)
+	}
+	if again, _ := TightenDirs(root); len(again) != 0 {
+		t.Errorf("second pass changed %v", again)
+	}
+}

@@ -168,6 +168,11 @@ func (s *Server) Start(ctx context.Context) (err error) {
 		return err
 	}
 	s.lock = lock
+	if tightened, err := datadir.TightenDirs(s.layout.Server()); err != nil {
+		return err
+	} else if len(tightened) > 0 {
+		s.log.Warn("directories holding keys were open to other users; set them to 0700", "dirs", tightened)
+	}
 	if done, err := datadir.Recover(s.layout.Server()); err != nil {
 		return err
 	} else if len(done) > 0 {

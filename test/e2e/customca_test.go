@@ -205,9 +205,24 @@ func checkCustomCAStart(t *testing.T, dd string) {
 	tlsDir := filepath.Join(dd, "server", "tls")
 	before := readAll(t, tlsDir, customCAFiles)
 	root := readCerts(t, filepath.Join(tlsDir, "root-ca.pem"))[0]
+	// As after the seed page's `mkdir -p`: directories open to other users.
+	for _, d := range []string{filepath.Join(dd, "server"), tlsDir, filepath.Join(tlsDir, "etcd")} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	const pw = "custom-ca-e2e-secret"
 	s := startServer(t, dd, "--token", pw)
 	s.WaitReady(t)
+	for _, d := range []string{filepath.Join(dd, "server"), tlsDir, filepath.Join(tlsDir, "etcd")} {
+		st, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Mode().Perm() != 0o700 {
+			t.Errorf("%s: mode %v, want 0700 once the server holds keys in it", d, st.Mode().Perm())
+		}
+	}
 
 	after := readAll(t, tlsDir, customCAFiles)
 	for _, f := range customCAFiles {

@@ -151,9 +151,6 @@ func (a *Agent) acceptCA(caPEM []byte, caList []*x509.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("the server at %s is not a kpki server: its CA bundle has no usable root: %v", a.base, err)
 	}
-	mismatch := func() error {
-		return fmt.Errorf("token CA hash does not match the Cluster CA certificate hash: %s != %s", a.tok.CAHash, hash)
-	}
 	if a.trusted != nil {
 		oldHash, err := pki.CAHash(a.trusted)
 		if err == nil && oldHash == hash {
@@ -169,15 +166,12 @@ func (a *Agent) acceptCA(caPEM []byte, caList []*x509.Certificate) error {
 			return nil
 		}
 		if a.tok.Secure() {
-			return mismatch()
+			return a.tok.CheckCAHash(hash)
 		}
 		return fmt.Errorf("the cluster CA changed (hash %s != %s) and the new one is not signed by the CA this agent trusted; restart the agent to accept it", oldHash, hash)
 	}
 	if a.tok.Secure() {
-		if hash != a.tok.CAHash {
-			return mismatch()
-		}
-		return nil
+		return a.tok.CheckCAHash(hash)
 	}
 	if !a.warnedShort {
 		a.warnedShort = true

@@ -42,8 +42,8 @@ func FetchPinnedCA(baseURL string, t token.Token) (bundle []byte, pinned bool, e
 	if t.CAHash == "" {
 		return body, false, nil
 	}
-	if t.CAHash != hash {
-		return nil, false, fmt.Errorf("token CA hash does not match the Cluster CA certificate hash: %s != %s", t.CAHash, hash)
+	if err := t.CheckCAHash(hash); err != nil {
+		return nil, false, err
 	}
 	return body, true, nil
 }

@@ -53,8 +53,10 @@ func (s *Server) writeDerived() error {
 	if err != nil {
 		return fmt.Errorf("CA hash of %s: %w", serverCA, err)
 	}
-	if s.firstStart && s.tok.CAHash != "" && s.tok.CAHash != hash {
-		return fmt.Errorf("token CA hash does not match the Cluster CA certificate hash: %s != %s", s.tok.CAHash, hash)
+	if s.firstStart {
+		if err := s.tok.CheckCAHash(hash); err != nil {
+			return err
+		}
 	}
 	serverToken := token.Format(hash, "server", s.tok.Password) + "\n"
 	agentToken := token.Format(hash, "node", s.agentPassword) + "\n"

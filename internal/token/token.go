@@ -146,3 +146,16 @@ func isHex(s string) bool {
 	}
 	return true
 }
+
+// ErrCAHashMismatch is wrapped by CheckCAHash when the cluster CA is not the one the
+// token pins.
+var ErrCAHashMismatch = errors.New("token CA hash does not match the Cluster CA certificate hash")
+
+// CheckCAHash compares the token's CA hash with hash, the hash of the cluster CA the
+// caller sees; a short token pins nothing and always passes.
+func (t Token) CheckCAHash(hash string) error {
+	if t.CAHash == "" || t.CAHash == hash {
+		return nil
+	}
+	return fmt.Errorf("%w: %s != %s", ErrCAHashMismatch, t.CAHash, hash)
+}

@@ -218,3 +218,17 @@ func TestGeneratePassword(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckCAHash(t *testing.T) {
+	h1, h2 := strings.Repeat("a", 64), strings.Repeat("b", 64)
+	if err := (Token{CAHash: h1}).CheckCAHash(h1); err != nil {
+		t.Errorf("same hash: %v", err)
+	}
+	if err := (Token{Password: "pw"}).CheckCAHash(h2); err != nil {
+		t.Errorf("short token: %v", err)
+	}
+	err := Token{CAHash: h1}.CheckCAHash(h2)
+	if !errors.Is(err, ErrCAHashMismatch) || err.Error() != "token CA hash does not match the Cluster CA certificate hash: "+h1+" != "+h2 {
+		t.Errorf("mismatch: %v", err)
+	}
+}

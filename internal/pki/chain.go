@@ -23,12 +23,25 @@ func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 	if len(bundle) == 0 {
 		return nil, errors.New("empty certificate bundle")
 	}
-	cur := bundle[0]
-	seen := map[*x509.Certificate]bool{cur: true}
+	path := chainPath(bundle[0], bundle[1:])
+	cur := path[len(path)-1]
+	if !IsSelfSigned(cur) {
+		return nil, fmt.Errorf("no issuer of %q in the bundle: the file must hold the CA's chain up to a self-signed root", cur.Subject.String())
+	}
+	return cur, nil
+}
+
+// chainPath is the path FindRoot walks: start, then at each step the issuer of the last
+// certificate found among candidates (a self-signed one preferred), up to a self-signed
+// certificate or to the last certificate whose issuer is not in candidates.
+func chainPath(start *x509.Certificate, candidates []*x509.Certificate) []*x509.Certificate {
+	path := []*x509.Certificate{start}
+	seen := map[string]bool{string(start.Raw): true}
+	cur := start
 	for !IsSelfSigned(cur) {
 		var next *x509.Certificate
-		for _, cand := range bundle[1:] {
-			if seen[cand] || !bytes.Equal(cand.RawSubject, cur.RawIssuer) || cur.CheckSignatureFrom(cand) != nil {
+		for _, cand := range candidates {
+			if seen[string(cand.Raw)] || !bytes.Equal(cand.RawSubject, cur.RawIssuer) || cur.CheckSignatureFrom(cand) != nil {
 				continue
 			}
 			if next == nil || (IsSelfSigned(cand) && !IsSelfSigned(next)) {
@@ -36,12 +49,29 @@ func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 			}
 		}
 		if next == nil {
-			return nil, fmt.Errorf("no issuer of %q in the bundle: the file must hold the CA's chain up to a self-signed root", cur.Subject.String())
+			break
 		}
-		seen[next] = true
+		seen[string(next.Raw)] = true
+		path = append(path, next)
 		cur = next
 	}
-	return cur, nil
+	return path
+}
+
+// ChainExpiry returns the earliest NotAfter of the CA's signing chain — its certificate
+// and every certificate of its bundle on the path FindRoot walks up to the root — and
+// the certificate that expires then. Nothing signed by the CA can be trusted past that
+// instant, so it caps the validity of every leaf the CA signs. Certificates of the
+// bundle off that path (the old root and the cross-signed copy kept after a rotation)
+// do not count.
+func (ca *CA) ChainExpiry() (time.Time, *x509.Certificate) {
+	first := ca.Cert
+	for _, c := range chainPath(ca.Cert, ca.Bundle)[1:] {
+		if c.NotAfter.Before(first.NotAfter) {
+			first = c
+		}
+	}
+	return first.NotAfter, first
 }
 
 // CAHash is the hash a join token pins: SHA-256 of the raw CA file when it holds one

@@ -141,26 +141,40 @@ func (i *Issuer) signCA(parent *x509.Certificate, parentKey crypto.Signer, pub c
 	return i.sign(tmpl, parent, pub, signer)
 }
 
-// SignLeaf issues a leaf certificate for pub under ca.
+// SignLeaf issues a leaf certificate for pub under ca, valid for validity from now
+// but never past the CA's chain (ChainExpiry): a leaf cannot outlive the certificates
+// that vouch for it. It carries basicConstraints CA:FALSE. A CA whose chain has
+// expired signs nothing.
 func (i *Issuer) SignLeaf(ca *CA, pub crypto.PublicKey, p LeafProfile, validity time.Duration) (*x509.Certificate, error) {
+	now := i.Clock.Now()
+	notAfter := now.Add(validity)
+	capAt, limit := ca.ChainExpiry()
+	if !now.Before(capAt) {
+		return nil, fmt.Errorf("sign certificate %q: CA certificate %q expired on %s; rotate the CA (kpki certificate rotate-ca)",
+			p.CommonName, limit.Subject.String(), capAt.UTC().Format(time.RFC3339))
+	}
+	if capAt.Before(notAfter) {
+		notAfter = capAt
+	}
 	serial, err := NewSerial()
 	if err != nil {
 		return nil, err
 	}
-	now := i.Clock.Now()
 	notBefore := now.Add(-Backdate)
 	if notBefore.Before(ca.Cert.NotBefore) {
 		notBefore = ca.Cert.NotBefore
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: p.CommonName, Organization: p.Organization},
-		NotBefore:    notBefore.UTC(),
-		NotAfter:     now.Add(validity).UTC(),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
-		ExtKeyUsage:  p.ExtKeyUsage,
-		DNSNames:     p.DNSNames,
-		IPAddresses:  p.IPs,
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: p.CommonName, Organization: p.Organization},
+		NotBefore:             notBefore.UTC(),
+		NotAfter:              notAfter.UTC(),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:           p.ExtKeyUsage,
+		DNSNames:              p.DNSNames,
+		IPAddresses:           p.IPs,
+		BasicConstraintsValid: true,
+		IsCA:                  false,
 	}
 	return i.sign(tmpl, ca.Cert, pub, ca.Key)
 }

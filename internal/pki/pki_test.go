@@ -359,8 +359,8 @@ func TestSignLeaf(t *testing.T) {
 			if want := x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment; c.KeyUsage != want {
 				t.Errorf("KeyUsage %b, want digitalSignature+keyEncipherment (%b)", c.KeyUsage, want)
 			}
-			if c.IsCA {
-				t.Error("leaf is a CA")
+			if !c.BasicConstraintsValid || c.IsCA || c.MaxPathLen > 0 {
+				t.Errorf("basicConstraints valid=%v CA=%v maxPathLen=%d, want a CA:FALSE extension", c.BasicConstraintsValid, c.IsCA, c.MaxPathLen)
 			}
 			if !c.NotBefore.Equal(tc.wantNotBefore) {
 				t.Errorf("NotBefore %s, want %s", c.NotBefore, tc.wantNotBefore)
@@ -420,6 +420,99 @@ func TestSignLeaf(t *testing.T) {
 		}
 		if st.Signatures.Load() != 0 {
 			t.Error("failed signature counted")
+		}
+	})
+}
+
+// TestSignLeafCappedAtChain checks that no leaf outlives any certificate of its CA's
+// signing chain, and that a CA whose chain has expired signs nothing.
+func TestSignLeafCappedAtChain(t *testing.T) {
+	iss, _, _ := newTestIssuer()
+	profile := LeafProfile{CommonName: "kube-apiserver", ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+
+	shortRoot := newRootCA(t, iss, "short-root", 20*day)
+	longRoot := newRootCA(t, iss, "long-root", tenYears)
+	// A ten-year intermediate under a root that expires in 20 days: the root caps.
+	longUnderShort := newSubCA(t, iss, shortRoot, "long-under-short", tenYears)
+	// A 30-day intermediate under a ten-year root: the intermediate caps.
+	shortUnderLong := newSubCA(t, iss, longRoot, "short-under-long", 30*day)
+	// Two levels, the middle one shortest.
+	mid := newSubCA(t, iss, longRoot, "mid", 15*day)
+	deep := newSubCA(t, iss, mid, "deep", tenYears)
+	// The bundle cross-sign-ca writes: new CA, new root, new root cross-signed by the
+	// old root, old root. The old root (expiring in 20 days) and the cross-signed copy
+	// are off the signing path and do not cap.
+	newRoot := newRootCA(t, iss, "new-root", tenYears)
+	cross, err := iss.CrossSign(shortRoot, newRoot.Cert, 5*day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated := newSubCA(t, iss, newRoot, "rotated-ca", 5*365*day)
+	rotated.Bundle = []*x509.Certificate{rotated.Cert, newRoot.Cert, cross, shortRoot.Cert}
+	// The same bundle in another order still finds the self-signed new root.
+	reordered := &CA{Cert: rotated.Cert, Key: rotated.Key, Bundle: []*x509.Certificate{rotated.Cert, shortRoot.Cert, cross, newRoot.Cert}}
+	// A CA file without its root: the certificates it has still cap.
+	noRoot := &CA{Cert: longUnderShort.Cert, Key: longUnderShort.Key, Bundle: []*x509.Certificate{longUnderShort.Cert}}
+	// A CA without a bundle at all (only Cert set).
+	bare := &CA{Cert: shortRoot.Cert, Key: shortRoot.Key}
+
+	tests := []struct {
+		name      string
+		ca        *CA
+		validity  time.Duration
+		notAfter  time.Time
+		limitedBy *x509.Certificate
+	}{
+		{"self-signed CA expiring in 20 days", shortRoot, 365 * day, shortRoot.Cert.NotAfter, shortRoot.Cert},
+		{"validity shorter than the CA: not capped", shortRoot, 10 * day, testNow.Add(10 * day), shortRoot.Cert},
+		{"validity ending exactly at the CA's expiry", shortRoot, 20 * day, shortRoot.Cert.NotAfter, shortRoot.Cert},
+		{"long intermediate under a short root", longUnderShort, 365 * day, shortRoot.Cert.NotAfter, shortRoot.Cert},
+		{"short intermediate under a long root", shortUnderLong, 365 * day, shortUnderLong.Cert.NotAfter, shortUnderLong.Cert},
+		{"short middle of three", deep, 365 * day, mid.Cert.NotAfter, mid.Cert},
+		{"rotated bundle: old root and cross-signed copy ignored", rotated, 365 * day, testNow.Add(365 * day), rotated.Cert},
+		{"rotated bundle in another order", reordered, 10 * 365 * day, rotated.Cert.NotAfter, rotated.Cert},
+		{"bundle without its root", noRoot, 365 * day, testNow.Add(365 * day), longUnderShort.Cert},
+		{"no bundle", bare, 365 * day, shortRoot.Cert.NotAfter, shortRoot.Cert},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			capAt, limit := tc.ca.ChainExpiry()
+			c, err := iss.SignLeaf(tc.ca, mustECKey(t).Public(), profile, tc.validity)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !c.NotAfter.Equal(tc.notAfter) {
+				t.Errorf("NotAfter %s, want %s", c.NotAfter, tc.notAfter)
+			}
+			if c.NotAfter.After(capAt) {
+				t.Errorf("NotAfter %s after the chain's expiry %s", c.NotAfter, capAt)
+			}
+			if tc.validity >= 365*day && !limit.Equal(tc.limitedBy) {
+				t.Errorf("ChainExpiry names %q, want %q", limit.Subject, tc.limitedBy.Subject)
+			}
+			if !c.BasicConstraintsValid || c.IsCA {
+				t.Errorf("basicConstraints valid=%v CA=%v, want CA:FALSE", c.BasicConstraintsValid, c.IsCA)
+			}
+		})
+	}
+
+	t.Run("expired chain signs nothing", func(t *testing.T) {
+		st := &Stats{}
+		late := NewIssuer(clock.NewFake(shortRoot.Cert.NotAfter), st)
+		for _, ca := range []*CA{shortRoot, longUnderShort} {
+			c, err := late.SignLeaf(ca, mustECKey(t).Public(), profile, 365*day)
+			if err == nil || !strings.Contains(err.Error(), `CA certificate "CN=short-root" expired on `+shortRoot.Cert.NotAfter.Format(time.RFC3339)) {
+				t.Errorf("%s: SignLeaf = %v, %v; want the expired-CA error", ca.Cert.Subject, c, err)
+			}
+		}
+		if st.Signatures.Load() != 0 {
+			t.Errorf("%d signatures made under an expired chain", st.Signatures.Load())
+		}
+		// One second earlier it still signs, for that one second.
+		early := NewIssuer(clock.NewFake(shortRoot.Cert.NotAfter.Add(-time.Second)), nil)
+		c, err := early.SignLeaf(longUnderShort, mustECKey(t).Public(), profile, 365*day)
+		if err != nil || !c.NotAfter.Equal(shortRoot.Cert.NotAfter) {
+			t.Errorf("one second before expiry: %v, %v", c, err)
 		}
 	})
 }

@@ -64,6 +64,11 @@ type Policy struct {
 	RenewBefore time.Duration
 }
 
+// DefaultCAWarnDays is the default CA warning window, in days, of the server
+// (--ca-warn-days) and of `certificate check`: a CA whose signing chain expires within
+// it is logged, flagged in metrics and reported as WARNING.
+const DefaultCAWarnDays = 365
+
 // InWindow reports whether a certificate expiring at notAfter is due for renewal: it
 // expires within RenewBefore of Now (the window's edge included).
 func (p Policy) InWindow(notAfter time.Time) bool {
@@ -72,6 +77,14 @@ func (p Policy) InWindow(notAfter time.Time) bool {
 
 // Plan decides what to do with one leaf given what must be (want), what exists (ex)
 // and its signing CA. Corrupt files are reported as *CorruptError, never silently replaced.
+//
+// Every leaf is capped at its CA's chain expiry (pki.CA.ChainExpiry), so renewal cannot
+// move a leaf past it. A leaf that is due only because it is within its renewal window,
+// and already expires with its CA's chain, is kept (Keep, with the reason): a new
+// certificate would expire at the same instant, and renewing it on every pass would be
+// a re-issue loop. The CA warning (--ca-warn-days) is what covers it; rotating the CA
+// lets it be renewed again. Once the chain itself has expired nothing is renewed (no
+// certificate can be signed under it), whatever the reason.
 func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, error) {
 	var key crypto.Signer
 	if ex.KeyPEM != nil {
@@ -95,16 +108,30 @@ func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, 
 	if key == nil {
 		return Decision{Action: Issue, Reason: "key missing", Cert: leaf}, nil
 	}
+	chainEnd, limit := ca.ChainExpiry()
 	renew := func(reason string) (Decision, error) {
+		if !pol.Now.Before(chainEnd) {
+			return Decision{Action: Keep, Cert: leaf, Key: key, Reason: fmt.Sprintf("%s; not renewed: CA certificate %q expired on %s, nothing can be signed until the CA is rotated",
+				reason, limit.Subject.String(), chainEnd.UTC().Format(time.RFC3339))}, nil
+		}
 		return Decision{Action: Renew, Reason: reason, Cert: leaf, Key: key}, nil
 	}
+	capped := ""
 	switch {
 	case !pki.KeyMatchesCert(key, leaf):
 		return renew("certificate does not match its key")
 	case !pol.Now.Before(leaf.NotAfter):
 		return renew(fmt.Sprintf("expired on %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
-	case pol.InWindow(leaf.NotAfter):
+	case leaf.NotAfter.After(chainEnd):
+		return renew(fmt.Sprintf("expires on %s, after its CA chain (%s)", leaf.NotAfter.UTC().Format(time.RFC3339), chainEnd.UTC().Format(time.RFC3339)))
+	case pol.InWindow(leaf.NotAfter) && leaf.NotAfter.Before(chainEnd):
 		return renew(fmt.Sprintf("expires on %s, within the renewal window", leaf.NotAfter.UTC().Format(time.RFC3339)))
+	case pol.InWindow(leaf.NotAfter):
+		// Due, but capped: decided below, after the checks that a renewal would fix.
+		capped = fmt.Sprintf("expires on %s, within the renewal window, but not renewed: it expires with CA certificate %q and a new certificate could not last longer; rotate the CA",
+			leaf.NotAfter.UTC().Format(time.RFC3339), limit.Subject.String())
+	}
+	switch {
 	case pol.Now.Before(leaf.NotBefore):
 		return renew(fmt.Sprintf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339)))
 	case !bytes.Equal(leaf.RawIssuer, ca.Cert.RawSubject) || leaf.CheckSignatureFrom(ca.Cert) != nil:
@@ -120,7 +147,7 @@ func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, 
 	if !bytes.Equal(ex.CertPEM, BuildCertFile(leaf, ca)) {
 		return Decision{Action: Rebundle, Reason: "CA bundle changed", Cert: leaf, Key: key}, nil
 	}
-	return Decision{Action: Keep, Cert: leaf, Key: key}, nil
+	return Decision{Action: Keep, Reason: capped, Cert: leaf, Key: key}, nil
 }
 
 // BuildCertFile returns the bytes of a leaf .crt file: the leaf, then its CA's bundle.

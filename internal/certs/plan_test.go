@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"net"
 	"slices"
@@ -392,4 +394,201 @@ func TestMissingSANs(t *testing.T) {
 			t.Errorf("%s: MissingSANs = %q, want %q", tc.name, got, tc.want)
 		}
 	}
+}
+
+// shortChain is a CA whose chain expires 20 days after planNow: a ten-year intermediate
+// under a root made 30 days before planNow with 50 days of validity.
+func (f *planFixture) shortChain() (ca, root *pki.CA) {
+	f.fc.Set(planNow.Add(-30 * day))
+	defer f.fc.Set(planNow)
+	k := f.newKey()
+	c, err := f.iss.SelfSignedCA(k, "short-root", 50*day)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	root = &pki.CA{Cert: c, Key: k, Bundle: []*x509.Certificate{c}, BundlePEM: pki.EncodeCert(c)}
+	return f.sub(root, "kpki-server-ca@3"), root
+}
+
+// uncapped is a leaf for the fixture key signed by ca with a NotAfter past ca's chain,
+// as kpki signed them before leaves were capped.
+func (f *planFixture) uncapped(ca *pki.CA, p pki.LeafProfile, notAfter time.Time) *x509.Certificate {
+	serial, err := pki.NewSerial()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, Subject: pkix.Name{CommonName: p.CommonName, Organization: p.Organization},
+		NotBefore: planNow.Add(-10 * day), NotAfter: notAfter, ExtKeyUsage: p.ExtKeyUsage,
+		DNSNames: p.DNSNames, IPAddresses: p.IPs, KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, f.key.Public(), ca.Key)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return c
+}
+
+// TestPlanCappedByCA covers leaves whose lifetime is bounded by their CA's chain.
+func TestPlanCappedByCA(t *testing.T) {
+	f := newPlanFixture(t)
+	ca, root := f.shortChain()
+	chainEnd := root.Cert.NotAfter
+	keyPEM := f.keyPEM(f.key)
+	pol := Policy{Now: planNow, RenewBefore: renewBefore}
+	afterEnd := Policy{Now: chainEnd, RenewBefore: renewBefore}
+
+	capped := f.leaf(ca, f.want, planNow.Add(-day), leafLife)
+	if !capped.NotAfter.Equal(chainEnd) {
+		t.Fatalf("fixture: leaf NotAfter %s, want the chain's end %s", capped.NotAfter, chainEnd)
+	}
+	cappedNoSAN := f.leaf(ca, f.with(func(p *pki.LeafProfile) { p.DNSNames = p.DNSNames[:1] }), planNow.Add(-day), leafLife)
+	cappedOtherCN := f.leaf(ca, f.with(func(p *pki.LeafProfile) { p.CommonName = "old" }), planNow.Add(-day), leafLife)
+	justBefore := f.leaf(ca, f.want, chainEnd.Add(-time.Second-leafLife), leafLife)
+	outlives := f.uncapped(ca, f.want, planNow.Add(390*day))
+	outlivesOtherCA := f.uncapped(f.other, f.want, planNow.Add(390*day))
+	// The same leaf kept by a CA whose chain has another end: a longer chain makes it
+	// renewable again, as after rotate-ca.
+	longCA := f.ca
+
+	tests := []struct {
+		name   string
+		ex     Existing
+		ca     *pki.CA
+		pol    Policy
+		action Action
+		reason []string
+	}{
+		{"capped, inside the renewal window: kept", Existing{CertPEM: f.file(capped, ca), KeyPEM: keyPEM}, ca, pol, Keep,
+			[]string{"within the renewal window", "not renewed", `"CN=short-root"`, "rotate the CA"}},
+		{"capped, outside a shorter window: kept without a reason", Existing{CertPEM: f.file(capped, ca), KeyPEM: keyPEM}, ca, Policy{Now: planNow, RenewBefore: 10 * day}, Keep, nil},
+		{"capped one second short of the chain: renewed", Existing{CertPEM: f.file(justBefore, ca), KeyPEM: keyPEM}, ca, pol, Renew,
+			[]string{"within the renewal window"}},
+		{"capped but missing a SAN: renewed", Existing{CertPEM: f.file(cappedNoSAN, ca), KeyPEM: keyPEM}, ca, pol, Renew, []string{"missing SANs [kubernetes.default]"}},
+		{"capped but subject changed: renewed", Existing{CertPEM: f.file(cappedOtherCN, ca), KeyPEM: keyPEM}, ca, pol, Renew, []string{"subject differs"}},
+		{"capped, bundle changed: rebundled", Existing{CertPEM: pki.EncodeCert(capped), KeyPEM: keyPEM}, ca, pol, Rebundle, []string{"CA bundle changed"}},
+		{"capped, key replaced: renewed", Existing{CertPEM: f.file(capped, ca), KeyPEM: f.keyPEM(f.newKey())}, ca, pol, Renew, []string{"does not match its key"}},
+		{"outlives its CA chain: renewed", Existing{CertPEM: f.file(outlives, ca), KeyPEM: keyPEM}, ca, pol, Renew,
+			[]string{"after its CA chain (" + chainEnd.Format(time.RFC3339) + ")"}},
+		{"outlives the new CA's chain, signed by another: renewed", Existing{CertPEM: f.file(outlivesOtherCA, f.other), KeyPEM: keyPEM}, ca, pol, Renew, []string{"after its CA chain"}},
+		{"capped by the old CA, CA rotated to a longer one: renewed", Existing{CertPEM: f.file(capped, ca), KeyPEM: keyPEM}, longCA, pol, Renew, []string{"within the renewal window"}},
+		{"chain expired, leaf expired with it: kept", Existing{CertPEM: f.file(capped, ca), KeyPEM: keyPEM}, ca, afterEnd, Keep,
+			[]string{"expired on " + chainEnd.Format(time.RFC3339), `CA certificate "CN=short-root" expired`, "until the CA is rotated"}},
+		{"chain expired, leaf wrong too: kept", Existing{CertPEM: f.file(cappedNoSAN, ca), KeyPEM: keyPEM}, ca, afterEnd, Keep, []string{"not renewed", "until the CA is rotated"}},
+		{"chain expired, files missing: issue (the signer refuses)", Existing{}, ca, afterEnd, Issue, []string{"certificate and key missing"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := Plan(f.want, tc.ex, tc.ca, tc.pol)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Action != tc.action {
+				t.Errorf("Action = %v (%q), want %v", d.Action, d.Reason, tc.action)
+			}
+			if len(tc.reason) == 0 && d.Reason != "" {
+				t.Errorf("Reason = %q, want none", d.Reason)
+			}
+			for _, r := range tc.reason {
+				if !strings.Contains(d.Reason, r) {
+					t.Errorf("Reason = %q, want it to contain %q", d.Reason, r)
+				}
+			}
+		})
+	}
+}
+
+// TestPlanRenewalLoopUnderShortCA runs the renewer's decision hourly, on a fake clock,
+// for a leaf under a CA whose chain ends 20 days after the first pass: the first pass
+// brings the over-long leaf down to the chain's end, and no pass after it signs
+// anything, neither inside the renewal window nor once the CA has expired. After the CA
+// is rotated to a longer one the next pass renews once, and then nothing again.
+func TestPlanRenewalLoopUnderShortCA(t *testing.T) {
+	f := newPlanFixture(t)
+	ca, root := f.shortChain()
+	keyPEM := f.keyPEM(f.key)
+	file := f.file(f.uncapped(ca, f.want, planNow.Add(390*day)), ca)
+	st := &pki.Stats{}
+	iss := pki.NewIssuer(f.fc, st)
+
+	pass := func(ca *pki.CA) Decision {
+		t.Helper()
+		d, err := Plan(f.want, Existing{CertPEM: file, KeyPEM: keyPEM}, ca, Policy{Now: f.fc.Now(), RenewBefore: renewBefore})
+		if err != nil {
+			t.Fatalf("pass at %s: %v", f.fc.Now(), err)
+		}
+		switch d.Action {
+		case Renew, Issue:
+			c, err := iss.SignLeaf(ca, d.Key.Public(), f.want, leafLife)
+			if err != nil {
+				t.Fatalf("pass at %s: %s: %v", f.fc.Now(), d.Reason, err)
+			}
+			file = BuildCertFile(c, ca)
+		case Rebundle:
+			file = BuildCertFile(d.Cert, ca)
+		}
+		return d
+	}
+
+	f.fc.Set(planNow)
+	if d := pass(ca); d.Action != Renew {
+		t.Fatalf("first pass: %v %q, want renew", d.Action, d.Reason)
+	}
+	if got := parseFirst(t, file).NotAfter; !got.Equal(root.Cert.NotAfter) {
+		t.Fatalf("renewed leaf NotAfter %s, want the chain's end %s", got, root.Cert.NotAfter)
+	}
+	const passes = 30 * 24 // thirty days of hourly passes, ten past the CA's expiry
+	kept := map[string]int{}
+	for i := 1; i <= passes; i++ {
+		f.fc.Set(planNow.Add(time.Duration(i) * time.Hour))
+		d := pass(ca)
+		if d.Action != Keep {
+			t.Fatalf("pass %d at %s: %v %q, want keep", i, f.fc.Now(), d.Action, d.Reason)
+		}
+		switch {
+		case strings.Contains(d.Reason, "until the CA is rotated"):
+			kept["chain expired"]++
+		case strings.Contains(d.Reason, "not renewed"):
+			kept["capped"]++
+		}
+	}
+	if got := st.Signatures.Load(); got != 1 {
+		t.Errorf("%d signatures over %d passes, want only the first pass's", got, passes+1)
+	}
+	// 20 days minus the first hour capped in its window, then 10 days expired with the CA.
+	if kept["capped"] != 20*24-1 || kept["chain expired"] != 10*24+1 {
+		t.Errorf("kept passes %v, want 479 capped and 241 after the chain's end", kept)
+	}
+
+	// The operator rotates the CA (a fresh ten-year chain) before the leaf expires.
+	f.fc.Set(planNow.Add(19 * day))
+	rotated := f.selfSigned("kpki-server-ca@4")
+	if d := pass(rotated); d.Action != Renew {
+		t.Fatalf("after the rotation: %v %q, want renew", d.Action, d.Reason)
+	}
+	for i := 1; i <= 48; i++ {
+		f.fc.Set(planNow.Add(19*day + time.Duration(i)*time.Hour))
+		if d := pass(rotated); d.Action != Keep || d.Reason != "" {
+			t.Fatalf("pass %d after the rotation: %v %q, want keep", i, d.Action, d.Reason)
+		}
+	}
+	if got := parseFirst(t, file).NotAfter; !got.Equal(planNow.Add(19*day + leafLife)) {
+		t.Errorf("leaf under the rotated CA expires %s, want a full validity", got)
+	}
+	if got := st.Signatures.Load(); got != 2 {
+		t.Errorf("%d signatures, want 2 (the first pass and the one after the rotation)", got)
+	}
+}
+
+func parseFirst(t *testing.T, file []byte) *x509.Certificate {
+	t.Helper()
+	cs, err := pki.ParseCerts(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs[0]
 }

@@ -28,25 +28,27 @@ const (
 	StatusWarning     Status = "WARNING"
 	StatusExpired     Status = "EXPIRED"
 	StatusNotYetValid Status = "NOT YET VALID"
+	// StatusMissing marks an expected certificate file that does not exist.
+	StatusMissing Status = "MISSING"
 	// StatusError marks a certificate file that could not be read or parsed.
 	StatusError Status = "ERROR"
 )
 
-// Row is one certificate of the report (or one unreadable file). Its JSON and YAML
-// form is the object `-o json` and `-o yaml` print.
+// Row is one certificate of the report (or one missing or unreadable file). Its JSON
+// and YAML form is the object `-o json` and `-o yaml` print.
 type Row struct {
 	// File is the certificate file's path relative to the data dir, with slashes.
 	File    string   `json:"filename"`
 	Subject string   `json:"subject"`
 	Issuer  string   `json:"issuer"`
 	Usages  []string `json:"usages"`
-	// Expires is NotAfter in RFC 3339, UTC; empty for an ERROR row.
+	// Expires is NotAfter in RFC 3339, UTC; empty for a MISSING or ERROR row.
 	Expires string `json:"expires"`
 	// ResidualSeconds is NotAfter minus now, negative once expired.
 	ResidualSeconds int64  `json:"residual_seconds"`
 	Residual        string `json:"residual"`
 	Status          Status `json:"status"`
-	// Message explains an ERROR or NOT YET VALID row.
+	// Message explains a MISSING, ERROR or NOT YET VALID row.
 	Message string `json:"message,omitempty"`
 }
 
@@ -58,8 +60,12 @@ type Options struct {
 	Services []string
 	// Now is the instant every status is decided at.
 	Now time.Time
-	// RenewBefore is the renewal window: a certificate expiring within it is WARNING.
+	// RenewBefore is the renewal window: a leaf certificate expiring within it is WARNING.
 	RenewBefore time.Duration
+	// CAWarnBefore is the CA warning window: a CA certificate (basicConstraints CA:TRUE,
+	// in a CA file or in the bundle of a leaf file) expiring within it, or within
+	// RenewBefore when that is longer, is WARNING.
+	CAWarnBefore time.Duration
 }
 
 // Source is one certificate file the report looks at.
@@ -75,8 +81,8 @@ var ErrNoCertificates = errors.New("no certificate file found")
 // Sources lists the certificate files that the selected services have on the node
 // type(s) present in dataDir: server files when <dataDir>/server/tls is a directory,
 // agent files when <dataDir>/agent is. Without services, each node's CA files come
-// first. Files are listed whether or not they exist. An unknown service name is an
-// error from certs.ResolveServices.
+// first (certs.NodeCAFiles). Files are listed whether or not they exist. An unknown
+// service name is an error from certs.ResolveServices.
 func Sources(dataDir string, services []string) ([]Source, error) {
 	resolved, err := certs.ResolveServices(services)
 	if err != nil {
@@ -103,11 +109,8 @@ func Sources(dataDir string, services []string) ([]Source, error) {
 			continue
 		}
 		if len(resolved) == 0 {
-			for _, ca := range certs.CAs {
-				add(n.dir(filepath.FromSlash(ca.CertFile)))
-				if ca.NoChainFile != "" {
-					add(n.dir(filepath.FromSlash(ca.NoChainFile)))
-				}
+			for _, name := range certs.NodeCAFiles(n.node) {
+				add(n.dir(filepath.FromSlash(name)))
 			}
 		}
 		for _, leaf := range certs.Select(n.node, resolved) {
@@ -122,10 +125,10 @@ func isDir(path string) bool {
 	return err == nil && fi.IsDir()
 }
 
-// Collect reads every certificate of every existing file of the selection and decides
-// its status at o.Now. Missing files are skipped; a file that cannot be read or parsed
-// becomes one ERROR row. When no file exists at all the error wraps ErrNoCertificates
-// and names the data dir.
+// Collect reads every certificate of every file of the selection and decides its
+// status at o.Now. An expected file that does not exist becomes one MISSING row; a file
+// that cannot be read or parsed becomes one ERROR row, with the reason. When no file
+// exists at all the error wraps ErrNoCertificates and names the data dir.
 func Collect(o Options) ([]Row, error) {
 	srcs, err := Sources(o.DataDir, o.Services)
 	if err != nil {
@@ -136,20 +139,21 @@ func Collect(o Options) ([]Row, error) {
 	for _, s := range srcs {
 		data, err := os.ReadFile(s.Path)
 		if errors.Is(err, fs.ErrNotExist) {
+			rows = append(rows, problemRow(s.Name, StatusMissing, "the file does not exist"))
 			continue
 		}
 		found++
 		if err != nil {
-			rows = append(rows, errorRow(s.Name, err))
+			rows = append(rows, problemRow(s.Name, StatusError, err.Error()))
 			continue
 		}
 		cs, err := pki.ParseCerts(data)
 		if err != nil {
-			rows = append(rows, errorRow(s.Name, err))
+			rows = append(rows, problemRow(s.Name, StatusError, err.Error()))
 			continue
 		}
 		for _, c := range cs {
-			rows = append(rows, Evaluate(s.Name, c, o.Now, o.RenewBefore))
+			rows = append(rows, Evaluate(s.Name, c, o.Now, o.RenewBefore, o.CAWarnBefore))
 		}
 	}
 	if found == 0 {
@@ -169,16 +173,26 @@ func noCertificates(dataDir string, selected bool) error {
 	return fmt.Errorf("%w in data dir %s", ErrNoCertificates, dataDir)
 }
 
-func errorRow(file string, err error) Row {
-	return Row{File: file, Usages: []string{}, Status: StatusError, Message: err.Error()}
+func problemRow(file string, s Status, msg string) Row {
+	return Row{File: file, Usages: []string{}, Status: s, Message: msg}
 }
+
+// IsCA reports whether c is a CA certificate (basicConstraints CA:TRUE).
+func IsCA(c *x509.Certificate) bool { return c.BasicConstraintsValid && c.IsCA }
 
 // Evaluate builds the row of certificate c of file at time now.
 //
 // The status follows the renewal planner (certs.Plan): EXPIRED once now reaches
 // NotAfter, NOT YET VALID before NotBefore, WARNING when the server would renew it
-// (certs.Policy.InWindow, the window's edge included), otherwise OK.
-func Evaluate(file string, c *x509.Certificate, now time.Time, renewBefore time.Duration) Row {
+// (certs.Policy.InWindow, the window's edge included), otherwise OK. A CA certificate
+// (IsCA) is never renewed: for it WARNING means that it expires within caWarnBefore,
+// the CA warning window, or within renewBefore when that is longer (the leaves it
+// signs are capped at its expiry and cannot be renewed any more), as the server warns.
+func Evaluate(file string, c *x509.Certificate, now time.Time, renewBefore, caWarnBefore time.Duration) Row {
+	window := renewBefore
+	if IsCA(c) {
+		window = max(caWarnBefore, renewBefore)
+	}
 	residual := c.NotAfter.Sub(now)
 	r := Row{
 		File:            file,
@@ -196,7 +210,7 @@ func Evaluate(file string, c *x509.Certificate, now time.Time, renewBefore time.
 	case now.Before(c.NotBefore):
 		r.Status = StatusNotYetValid
 		r.Message = "not valid before " + c.NotBefore.UTC().Format(time.RFC3339)
-	case certs.Policy{Now: now, RenewBefore: renewBefore}.InWindow(c.NotAfter):
+	case certs.Policy{Now: now, RenewBefore: window}.InWindow(c.NotAfter):
 		r.Status = StatusWarning
 	}
 	return r

@@ -49,7 +49,8 @@ func TestEvaluateStatus(t *testing.T) {
 				NotAfter:    tt.notAfter,
 				ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 			}
-			r := Evaluate("server/tls/x.crt", c, now, tt.renewBefore)
+			// A CA warning window as long as any validity here: it must not touch a leaf.
+			r := Evaluate("server/tls/x.crt", c, now, tt.renewBefore, 3650*day)
 			if r.Status != tt.want {
 				t.Errorf("status = %s, want %s", r.Status, tt.want)
 			}
@@ -69,10 +70,54 @@ func TestEvaluateStatus(t *testing.T) {
 	}
 }
 
+// TestEvaluateCAWindow checks that CA certificates are judged by the CA warning window
+// and not by the leaves' renewal window.
+func TestEvaluateCAWindow(t *testing.T) {
+	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	const caWarn = 365 * day
+	tests := []struct {
+		name     string
+		ca       bool
+		notAfter time.Time
+		want     Status
+	}{
+		{"CA beyond the CA window", true, now.Add(caWarn + time.Second), StatusOK},
+		{"CA at the CA window's edge", true, now.Add(caWarn), StatusWarning},
+		{"CA expiring in 20 days", true, now.Add(20 * day), StatusWarning},
+		{"CA past both windows", true, now.Add(400 * day), StatusOK},
+		{"CA expired", true, now, StatusExpired},
+		{"leaf inside the CA window, outside the renew window", false, now.Add(200 * day), StatusOK},
+		{"leaf inside the renew window", false, now.Add(20 * day), StatusWarning},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := &x509.Certificate{Subject: pkix.Name{CommonName: "c"}, NotBefore: now.Add(-day), NotAfter: tt.notAfter,
+				BasicConstraintsValid: true, IsCA: tt.ca}
+			if got := Evaluate("f", c, now, renewWindow, caWarn).Status; got != tt.want {
+				t.Errorf("status %s, want %s", got, tt.want)
+			}
+		})
+	}
+	// A CA window shorter than the renewal window: the renewal window counts for CAs
+	// too (leaves capped at the CA cannot be renewed once it is that close).
+	c := &x509.Certificate{NotBefore: now.Add(-day), NotAfter: now.Add(60 * day), BasicConstraintsValid: true, IsCA: true}
+	if got := Evaluate("f", c, now, 90*day, 30*day).Status; got != StatusWarning {
+		t.Errorf("CA inside the renewal window, outside a shorter CA window: %s, want WARNING", got)
+	}
+	if got := Evaluate("f", c, now, 0, 0).Status; got != StatusOK {
+		t.Errorf("CA with no window at all: %s, want OK", got)
+	}
+	// basicConstraints present with CA:FALSE is a leaf.
+	c.IsCA = false
+	if got := Evaluate("f", c, now, 0, 90*day).Status; got != StatusOK {
+		t.Errorf("CA:FALSE certificate judged by the CA window: %s", got)
+	}
+}
+
 func TestEvaluateExpiresIsUTC(t *testing.T) {
 	loc := time.FixedZone("UTC+2", 2*3600)
 	notAfter := time.Date(2027, 1, 1, 2, 0, 0, 0, loc)
-	r := Evaluate("f", &x509.Certificate{NotBefore: t0, NotAfter: notAfter}, t0, 0)
+	r := Evaluate("f", &x509.Certificate{NotBefore: t0, NotAfter: notAfter}, t0, 0, 0)
 	if r.Expires != "2027-01-01T00:00:00Z" {
 		t.Errorf("expires = %q, want 2027-01-01T00:00:00Z", r.Expires)
 	}
@@ -288,10 +333,14 @@ func TestCollectAgentOnly(t *testing.T) {
 	}
 }
 
-func TestCollectSkipsMissingFiles(t *testing.T) {
-	f := newFixture(t).server()
-	for _, name := range []string{"client-admin.crt", "server-ca.nochain.crt", "etcd/peer-server-client.crt"} {
-		if err := os.Remove(f.l.TLS(filepath.FromSlash(name))); err != nil {
+// TestCollectMissingFiles checks that every expected file that does not exist is one
+// MISSING row, in its place, and fails either --fail-on threshold.
+func TestCollectMissingFiles(t *testing.T) {
+	f := newFixture(t).server().agent()
+	gone := []string{"server/tls/client-admin.crt", "server/tls/server-ca.nochain.crt", "server/tls/etcd/peer-server-client.crt",
+		"server/tls/etcd/peer-ca.crt", "agent/client-ca.crt", "agent/serving-kubelet.crt"}
+	for _, name := range gone {
+		if err := os.Remove(filepath.Join(f.dir, filepath.FromSlash(name))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -299,16 +348,134 @@ func TestCollectSkipsMissingFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != serverCertCount()-5 {
-		t.Errorf("got %d rows, want %d", len(rows), serverCertCount()-5)
+	// The server files lose 2 rows per leaf file and 1 per CA file; each becomes one row.
+	agentCerts := 2 + 2*len(certs.Select(certs.AgentNode, nil))
+	if want := serverCertCount() + agentCerts - 2 - 1 - 2 - 1 - 1 - 2 + len(gone); len(rows) != want {
+		t.Errorf("got %d rows, want %d", len(rows), want)
 	}
+	srcs, err := Sources(f.dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := files(rows); !reflect.DeepEqual(got, sourceNames(srcs)) {
+		t.Errorf("files = %v, want every expected file in order %v", got, sourceNames(srcs))
+	}
+	missing := map[string]bool{}
 	for _, r := range rows {
-		switch r.File {
-		case "server/tls/client-admin.crt", "server/tls/server-ca.nochain.crt", "server/tls/etcd/peer-server-client.crt":
-			t.Errorf("missing file %s reported", r.File)
+		if r.Status == StatusMissing {
+			missing[r.File] = true
+			if r.Message != "the file does not exist" || r.Subject != "" || r.Expires != "" || r.Usages == nil {
+				t.Errorf("missing row %+v", r)
+			}
+			continue
 		}
 		if r.Status != StatusOK {
 			t.Errorf("%s: status %s", r.File, r.Status)
+		}
+	}
+	for _, name := range gone {
+		if !missing[name] {
+			t.Errorf("%s not reported MISSING", name)
+		}
+	}
+	if len(missing) != len(gone) {
+		t.Errorf("MISSING rows for %v, want %v", missing, gone)
+	}
+	for _, th := range []FailOn{FailOnWarning, FailOnExpired} {
+		var fe *FailedError
+		if err := Check(rows, th); !errors.As(err, &fe) || fe.Failed != len(gone) {
+			t.Errorf("--fail-on %s: %v, want %d failures", th, err, len(gone))
+		}
+	}
+	if err := Check(rows, FailNever); err != nil {
+		t.Errorf("no threshold: %v", err)
+	}
+
+	// With --service only that service's files are expected.
+	rows, err = Collect(Options{DataDir: f.dir, Services: []string{"admin", "supervisor"}, Now: t0, RenewBefore: renewWindow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := files(rows); !reflect.DeepEqual(got, []string{"server/tls/client-admin.crt", "server/tls/client-supervisor.crt"}) ||
+		rows[0].Status != StatusMissing || len(rows) != 3 {
+		t.Errorf("--service admin,supervisor: rows %+v, want admin MISSING and the supervisor's two rows", rows)
+	}
+	// When none of the selected files exists the check says so instead.
+	if _, err := Collect(Options{DataDir: f.dir, Services: []string{"admin"}, Now: t0}); !errors.Is(err, ErrNoCertificates) {
+		t.Errorf("--service admin with its file gone: %v, want ErrNoCertificates", err)
+	}
+}
+
+// TestCollectAgentExpectsItsCAFiles checks that an agent data dir expects the agent's
+// two CA files, not the server's CA set.
+func TestCollectAgentExpectsItsCAFiles(t *testing.T) {
+	f := newFixture(t).agent()
+	if err := os.Remove(f.l.Agent("server-ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := Collect(Options{DataDir: f.dir, Now: t0, RenewBefore: renewWindow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var missing []string
+	for _, r := range rows {
+		if r.Status == StatusMissing {
+			missing = append(missing, r.File)
+		}
+	}
+	if !reflect.DeepEqual(missing, []string{"agent/server-ca.crt"}) {
+		t.Errorf("MISSING %v, want only agent/server-ca.crt", missing)
+	}
+}
+
+func sourceNames(srcs []Source) []string {
+	var out []string
+	for _, s := range srcs {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+// TestCollectCAWindow checks the CA rows of a whole data dir against the CA window:
+// the CA files and the CA bundle rows of the leaf files, while the leaves themselves
+// stay OK.
+func TestCollectCAWindow(t *testing.T) {
+	f := newFixture(t).server()
+	now := t0.Add(3650*day - 200*day) // the CAs have 200 days left; the leaves are long expired
+	rows, err := Collect(Options{DataDir: f.dir, Now: t0.Add(day), RenewBefore: renewWindow, CAWarnBefore: 365 * day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.Status != StatusOK {
+			t.Errorf("fresh: %s %s: %s", r.File, r.Subject, r.Status)
+		}
+	}
+	rows, err = Collect(Options{DataDir: f.dir, Now: now, RenewBefore: renewWindow, CAWarnBefore: 365 * day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cas := 0
+	for _, r := range rows {
+		want := StatusExpired
+		if r.Usages[0] == "CertSign" {
+			want = StatusWarning
+			cas++
+		}
+		if r.Status != want {
+			t.Errorf("%s %s: %s, want %s", r.File, r.Subject, r.Status, want)
+		}
+	}
+	if want := 7 + len(certs.Select(certs.ServerNode, nil)); cas != want {
+		t.Errorf("%d CA rows, want %d", cas, want)
+	}
+	rows, err = Collect(Options{DataDir: f.dir, Now: now, RenewBefore: renewWindow, CAWarnBefore: 100 * day})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.Usages[0] == "CertSign" && r.Status != StatusOK {
+			t.Errorf("CA window of 100 days: %s %s: %s, want OK", r.File, r.Subject, r.Status)
 		}
 	}
 }
@@ -405,14 +572,14 @@ func TestCollectCorruptFiles(t *testing.T) {
 }
 
 func TestFailOn(t *testing.T) {
-	all := []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusError}
+	all := []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusMissing, StatusError}
 	tests := []struct {
 		failOn FailOn
 		fails  []Status
 	}{
 		{FailNever, nil},
-		{FailOnWarning, []Status{StatusWarning, StatusExpired, StatusNotYetValid, StatusError}},
-		{FailOnExpired, []Status{StatusExpired, StatusNotYetValid, StatusError}},
+		{FailOnWarning, []Status{StatusWarning, StatusExpired, StatusNotYetValid, StatusMissing, StatusError}},
+		{FailOnExpired, []Status{StatusExpired, StatusNotYetValid, StatusMissing, StatusError}},
 	}
 	for _, tt := range tests {
 		for _, s := range all {

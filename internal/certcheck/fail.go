@@ -25,8 +25,8 @@ func ParseFailOn(s string) (FailOn, error) {
 }
 
 // Fails reports whether a certificate of status s fails the check: with "warning"
-// anything but OK, with "expired" anything but OK and WARNING. An ERROR row (an
-// unreadable file) fails either threshold.
+// anything but OK, with "expired" anything but OK and WARNING. A MISSING or ERROR row
+// (an expected file that does not exist or cannot be read) fails either threshold.
 func (f FailOn) Fails(s Status) bool {
 	switch f {
 	case FailOnWarning:

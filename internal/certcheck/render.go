@@ -45,9 +45,11 @@ var TableHeader = []string{"FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES",
 //
 //   - table: a header and one aligned row per certificate (columns separated by at
 //     least two spaces; an empty cell shows "-"), then, after a blank line, one
-//     "<file>: <STATUS>: <message>" line for each row that carries a message.
+//     "<file>: <STATUS>: <message>" line for each row that carries a message (the
+//     reason of every MISSING and ERROR row).
 //   - text: one line per certificate, "<file>: <STATUS>; subject …; issuer …; usages …;
-//     expires … (in …)", and "<file>: ERROR; <message>" for an unreadable file.
+//     expires … (in …)", and "<file>: MISSING; <message>" or "<file>: ERROR; <message>"
+//     for a missing or unreadable file.
 //   - json: an indented array of Row objects.
 //   - yaml: the same objects as a YAML sequence.
 func Render(w io.Writer, rows []Row, f Format) error {
@@ -115,8 +117,11 @@ func renderTable(w io.Writer, rows []Row) error {
 	return nil
 }
 
+// isProblem reports whether r stands for a file rather than a certificate.
+func isProblem(r Row) bool { return r.Status == StatusError || r.Status == StatusMissing }
+
 func residualCell(r Row) string {
-	if r.Status == StatusError {
+	if isProblem(r) {
 		return ""
 	}
 	return r.Residual
@@ -125,7 +130,7 @@ func residualCell(r Row) string {
 func renderText(w io.Writer, rows []Row) error {
 	for _, r := range rows {
 		var line string
-		if r.Status == StatusError {
+		if isProblem(r) {
 			line = fmt.Sprintf("%s: %s; %s", r.File, r.Status, r.Message)
 		} else {
 			usages := strings.Join(r.Usages, ",")

@@ -3,6 +3,7 @@ package certcheck
 import (
 	"bytes"
 	"encoding/json"
+	"os"
 	"reflect"
 	"regexp"
 	"sort"
@@ -14,11 +15,14 @@ import (
 )
 
 // sampleRows is a report with one row of every status, collected from a real data dir
-// plus a corrupt file.
+// plus a corrupt file and a missing one.
 func sampleRows(t *testing.T) []Row {
 	t.Helper()
 	f := newFixture(t).server()
 	f.write(f.l.TLS("client-admin.crt"), []byte("garbage"))
+	if err := os.Remove(f.l.TLS("etcd", "client.crt")); err != nil {
+		t.Fatal(err)
+	}
 	now := t0.Add(300 * day)
 	rows, err := Collect(Options{DataDir: f.dir, Services: []string{"admin", "supervisor", "etcd"}, Now: now, RenewBefore: renewWindow})
 	if err != nil {
@@ -27,14 +31,14 @@ func sampleRows(t *testing.T) []Row {
 	// Re-evaluate two leaves at other instants to get EXPIRED and NOT YET VALID rows.
 	cs := parseFile(t, f.leafFile(leafNamed(t, "client-kube-proxy")))
 	rows = append(rows,
-		Evaluate("server/tls/client-kube-proxy.crt", cs[0], t0.Add(368*day+2*time.Hour), renewWindow),
-		Evaluate("server/tls/client-kube-proxy.crt", cs[1], t0.Add(-2*time.Hour), renewWindow),
+		Evaluate("server/tls/client-kube-proxy.crt", cs[0], t0.Add(368*day+2*time.Hour), renewWindow, 0),
+		Evaluate("server/tls/client-kube-proxy.crt", cs[1], t0.Add(-2*time.Hour), renewWindow, 0),
 	)
 	seen := map[Status]bool{}
 	for _, r := range rows {
 		seen[r.Status] = true
 	}
-	for _, s := range []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusError} {
+	for _, s := range []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusMissing, StatusError} {
 		if !seen[s] {
 			t.Fatalf("sample has no %s row", s)
 		}
@@ -135,10 +139,10 @@ func TestRenderTable(t *testing.T) {
 		if cols[0] != r.File || cols[6] != string(r.Status) || line[statusCol:] != string(r.Status) {
 			t.Errorf("line %q does not show row %+v aligned", line, r)
 		}
-		if r.Status != StatusError && (cols[1] != r.Subject || cols[2] != r.Issuer || cols[3] != strings.Join(r.Usages, ",") || cols[4] != r.Expires || cols[5] != r.Residual) {
+		if !isProblem(r) && (cols[1] != r.Subject || cols[2] != r.Issuer || cols[3] != strings.Join(r.Usages, ",") || cols[4] != r.Expires || cols[5] != r.Residual) {
 			t.Errorf("line %q does not show row %+v", line, r)
 		}
-		if r.Status == StatusError && !reflect.DeepEqual(cols[1:6], []string{"-", "-", "-", "-", "-"}) {
+		if isProblem(r) && !reflect.DeepEqual(cols[1:6], []string{"-", "-", "-", "-", "-"}) {
 			t.Errorf("error line %q", line)
 		}
 		if strings.HasSuffix(line, " ") {
@@ -187,9 +191,9 @@ func TestRenderText(t *testing.T) {
 			t.Errorf("line %q does not start with the file and status", line)
 		}
 		switch r.Status {
-		case StatusError:
-			if line != r.File+": ERROR; "+r.Message {
-				t.Errorf("error line %q", line)
+		case StatusError, StatusMissing:
+			if line != r.File+": "+string(r.Status)+"; "+r.Message {
+				t.Errorf("%s line %q", r.Status, line)
 			}
 		case StatusExpired:
 			if !strings.Contains(line, "; expired "+r.Expires+" ("+strings.TrimPrefix(r.Residual, "-")+" ago)") {

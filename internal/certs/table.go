@@ -58,6 +58,31 @@ func CA(id CAID) CASpec {
 	panic(fmt.Sprintf("unknown CA %q", id))
 }
 
+// NodeCAFiles lists the CA certificate files a node of kind n keeps, relative to its tls
+// dir, in table order: on a server every CA's file and its nochain copy; on an agent
+// the copies, under the same names, of the CAs that sign agent leaves (the server CA
+// and the client CA).
+func NodeCAFiles(n Node) []string {
+	signs := map[CAID]bool{}
+	for _, l := range Leaves {
+		if l.Node == n {
+			signs[l.Signer] = true
+		}
+	}
+	var out []string
+	for _, c := range CAs {
+		if n == ServerNode {
+			out = append(out, c.CertFile)
+			if c.NoChainFile != "" {
+				out = append(out, c.NoChainFile)
+			}
+		} else if signs[c.ID] {
+			out = append(out, c.CertFile)
+		}
+	}
+	return out
+}
+
 // ServiceKeyFile and ServiceCurrentKeyFile are the service-account key files.
 const (
 	ServiceKeyFile        = "service.key"

@@ -208,6 +208,18 @@ func TestCAsMatchSpec(t *testing.T) {
 	}
 }
 
+func TestNodeCAFiles(t *testing.T) {
+	server := []string{"server-ca.crt", "server-ca.nochain.crt", "client-ca.crt", "client-ca.nochain.crt",
+		"request-header-ca.crt", "etcd/server-ca.crt", "etcd/peer-ca.crt"}
+	if got := NodeCAFiles(ServerNode); !slices.Equal(got, server) {
+		t.Errorf("server CA files %q, want %q", got, server)
+	}
+	// The agent writes server-ca.crt and client-ca.crt (agent.ServerCAFile, ClientCAFile).
+	if got, want := NodeCAFiles(AgentNode), []string{"server-ca.crt", "client-ca.crt"}; !slices.Equal(got, want) {
+		t.Errorf("agent CA files %q, want %q", got, want)
+	}
+}
+
 func TestCAUnknownPanics(t *testing.T) {
 	defer func() {
 		r := recover()

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kpki/kpki/internal/certcheck"
+	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 )
 
@@ -17,14 +18,18 @@ func newCheckCmd() *cobra.Command {
 		output          string
 		failOn          string
 		renewBeforeDays int
+		caWarnDays      int
 	)
 	cmd := &cobra.Command{
 		Use:   "check",
 		Short: "List every certificate of the node with its expiry and status",
 		Long: `List every certificate in every certificate file of the selected services (all
 services and the CA files when --service is not given), with subject, issuer, usages,
-expiry, residual time and status: OK, WARNING (expires within --renew-before-days),
-EXPIRED, NOT YET VALID, or ERROR for a file that cannot be read.`,
+expiry, residual time and status: OK, WARNING (a leaf that expires within
+--renew-before-days, a CA certificate that expires within --ca-warn-days or
+--renew-before-days, whichever is longer), EXPIRED, NOT YET VALID, MISSING for an
+expected file that does not exist, or ERROR for a file that cannot be read; the reason
+of a MISSING or ERROR row follows the table.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -39,11 +44,15 @@ EXPIRED, NOT YET VALID, or ERROR for a file that cannot be read.`,
 			if renewBeforeDays < 0 {
 				return fmt.Errorf("--renew-before-days %d must be at least 0", renewBeforeDays)
 			}
+			if caWarnDays < 0 {
+				return fmt.Errorf("--ca-warn-days %d must be at least 0", caWarnDays)
+			}
 			rows, err := certcheck.Collect(certcheck.Options{
-				DataDir:     dataDir,
-				Services:    services,
-				Now:         clock.Real{}.Now(),
-				RenewBefore: time.Duration(renewBeforeDays) * 24 * time.Hour,
+				DataDir:      dataDir,
+				Services:     services,
+				Now:          clock.Real{}.Now(),
+				RenewBefore:  time.Duration(renewBeforeDays) * 24 * time.Hour,
+				CAWarnBefore: time.Duration(caWarnDays) * 24 * time.Hour,
 			})
 			if err != nil {
 				return err
@@ -59,7 +68,8 @@ EXPIRED, NOT YET VALID, or ERROR for a file that cannot be read.`,
 	f := cmd.Flags()
 	f.StringSliceVar(&services, "service", nil, "only these services' certificates (comma-separated or repeated); aliases such as rke2-server are accepted")
 	f.StringVarP(&output, "output", "o", string(certcheck.FormatTable), "output format: table, text, json or yaml")
-	f.StringVar(&failOn, "fail-on", "", "exit 1 when a certificate reaches this status: warning (WARNING or worse) or expired (EXPIRED, NOT YET VALID or unreadable)")
-	f.IntVar(&renewBeforeDays, "renew-before-days", 90, "report certificates expiring within this many days as WARNING")
+	f.StringVar(&failOn, "fail-on", "", "exit 1 when a certificate reaches this status: warning (WARNING or worse) or expired (EXPIRED, NOT YET VALID, MISSING or ERROR)")
+	f.IntVar(&renewBeforeDays, "renew-before-days", 90, "report leaf certificates expiring within this many days as WARNING")
+	f.IntVar(&caWarnDays, "ca-warn-days", certs.DefaultCAWarnDays, "report CA certificates expiring within this many days as WARNING")
 	return cmd
 }

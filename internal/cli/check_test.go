@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,9 +17,10 @@ import (
 	"github.com/kpki/kpki/internal/pki"
 )
 
-// certCheckDataDir writes a small server data dir whose certificates, at the real current
-// time, are: client-ca OK, client-admin OK, client-supervisor WARNING (65 days left),
-// and, when expired is set, client-kube-proxy EXPIRED (35 days ago). Days-wide margins
+// certCheckDataDir writes a complete server data dir (every CA file and every server
+// leaf) whose certificates, at the real current time, are all OK except
+// client-supervisor, WARNING (65 days left), and, when expired is set, client-kube-proxy,
+// EXPIRED (35 days ago). The CAs were made 400 days ago for ten years. Days-wide margins
 // keep the statuses stable whatever the wall clock does during the test.
 func certCheckDataDir(t *testing.T, expired bool) string {
 	t.Helper()
@@ -27,18 +29,9 @@ func certCheckDataDir(t *testing.T, expired bool) string {
 	now := time.Now()
 	day := 24 * time.Hour
 	iss := pki.NewIssuer(clock.NewFake(now.Add(-400*day)), nil)
-	key, err := iss.NewECKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := iss.SelfSignedCA(key, "kpki-client-ca@1", 3650*day)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca := &pki.CA{Cert: caCert, Key: key, Bundle: []*x509.Certificate{caCert}, BundlePEM: pki.EncodeCert(caCert)}
 	write := func(name string, data []byte) {
 		t.Helper()
-		p := l.TLS(name)
+		p := l.TLS(filepath.FromSlash(name))
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -46,26 +39,59 @@ func certCheckDataDir(t *testing.T, expired bool) string {
 			t.Fatal(err)
 		}
 	}
-	leaf := func(name string, issuedDaysAgo int) {
-		t.Helper()
-		iss.Clock = clock.NewFake(now.Add(-time.Duration(issuedDaysAgo) * day))
+	cas := map[certs.CAID]*pki.CA{}
+	for _, spec := range certs.CAs {
+		key, err := iss.NewECKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		caCert, err := iss.SelfSignedCA(key, spec.CNPrefix+"@1", 3650*day)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca := &pki.CA{Cert: caCert, Key: key, Bundle: []*x509.Certificate{caCert}, BundlePEM: pki.EncodeCert(caCert)}
+		cas[spec.ID] = ca
+		write(spec.CertFile, ca.BundlePEM)
+		if spec.NoChainFile != "" {
+			write(spec.NoChainFile, ca.BundlePEM)
+		}
+	}
+	for _, lf := range certs.Select(certs.ServerNode, nil) {
+		issued := 10
+		switch {
+		case lf.Name == "client-supervisor":
+			issued = 300
+		case lf.Name == "client-kube-proxy" && expired:
+			issued = 400
+		}
+		iss.Clock = clock.NewFake(now.Add(-time.Duration(issued) * day))
 		k, err := iss.NewECKey()
 		if err != nil {
 			t.Fatal(err)
 		}
-		c, err := iss.SignLeaf(ca, k.Public(), pki.LeafProfile{CommonName: name, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, 365*day)
+		ca := cas[lf.Signer]
+		c, err := iss.SignLeaf(ca, k.Public(), pki.LeafProfile{CommonName: lf.Name, ExtKeyUsage: lf.Usage}, 365*day)
 		if err != nil {
 			t.Fatal(err)
 		}
-		write(name+".crt", certs.BuildCertFile(c, ca))
-	}
-	write(certs.CA(certs.ClientCA).CertFile, ca.BundlePEM)
-	leaf("client-admin", 10)
-	leaf("client-supervisor", 300)
-	if expired {
-		leaf("client-kube-proxy", 400)
+		write(lf.Name+".crt", certs.BuildCertFile(c, ca))
 	}
 	return dir
+}
+
+// certCheckRows is the number of certificates certCheckDataDir writes: one per CA file,
+// two (leaf and CA) per leaf file.
+var certCheckRows = len(certs.NodeCAFiles(certs.ServerNode)) + 2*len(certs.Select(certs.ServerNode, nil))
+
+// rowsOf returns the rows of file.
+func rowsOf(rows []certCheckRow, file string) []certCheckRow {
+	var out []certCheckRow
+	for _, r := range rows {
+		if r.Filename == file {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 type certCheckRow struct {
@@ -96,6 +122,12 @@ func TestCheckJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	if len(rows) != certCheckRows {
+		t.Fatalf("got %d rows, want %d:\n%s", len(rows), certCheckRows, out)
+	}
+	if rows[0].Filename != "server/tls/server-ca.crt" {
+		t.Errorf("first row %+v, want server-ca.crt", rows[0])
+	}
 	want := []struct{ file, subject, status string }{
 		{"server/tls/client-ca.crt", "CN=kpki-client-ca@1", "OK"},
 		{"server/tls/client-admin.crt", "CN=client-admin", "OK"},
@@ -103,44 +135,75 @@ func TestCheckJSON(t *testing.T) {
 		{"server/tls/client-supervisor.crt", "CN=client-supervisor", "WARNING"},
 		{"server/tls/client-supervisor.crt", "CN=kpki-client-ca@1", "OK"},
 	}
-	if len(rows) != len(want) {
-		t.Fatalf("got %d rows, want %d:\n%s", len(rows), len(want), out)
+	var got []certCheckRow
+	for _, f := range []string{"server/tls/client-ca.crt", "server/tls/client-admin.crt", "server/tls/client-supervisor.crt"} {
+		got = append(got, rowsOf(rows, f)...)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d rows of the three files, want %d:\n%s", len(got), len(want), out)
 	}
 	for i, w := range want {
-		r := rows[i]
+		r := got[i]
 		if r.Filename != w.file || r.Subject != w.subject || r.Status != w.status || r.Issuer != "CN=kpki-client-ca@1" {
 			t.Errorf("row %d = %+v, want %+v", i, r, w)
 		}
 	}
-	if rows[3].Residual[:3] != "64d" && rows[3].Residual[:3] != "65d" {
-		t.Errorf("supervisor residual = %q", rows[3].Residual)
+	for _, r := range rows {
+		if r.Status != "OK" && r.Filename != "server/tls/client-supervisor.crt" {
+			t.Errorf("%s %s: %s, want OK", r.Filename, r.Subject, r.Status)
+		}
 	}
-	if len(rows[0].Usages) != 1 || rows[0].Usages[0] != "CertSign" || rows[1].Usages[0] != "ClientAuth" {
-		t.Errorf("usages = %v, %v", rows[0].Usages, rows[1].Usages)
+	if got[3].Residual[:3] != "64d" && got[3].Residual[:3] != "65d" {
+		t.Errorf("supervisor residual = %q", got[3].Residual)
+	}
+	if len(got[0].Usages) != 1 || got[0].Usages[0] != "CertSign" || got[1].Usages[0] != "ClientAuth" {
+		t.Errorf("usages = %v, %v", got[0].Usages, got[1].Usages)
 	}
 }
 
 func TestCheckFailOn(t *testing.T) {
 	warnOnly := certCheckDataDir(t, false)
 	withExpired := certCheckDataDir(t, true)
+	withMissing := certCheckDataDir(t, false)
+	if err := os.Remove(datadir.Layout{Root: withMissing}.TLS("client-admin.crt")); err != nil {
+		t.Fatal(err)
+	}
+	n := certCheckRows
+	failed := func(k, total int, th string) string {
+		return fmt.Sprintf("kpki: %d of %d certificates failed the check (--fail-on %s)\n", k, total, th)
+	}
+	// CA rows: one per CA file and one in each leaf file's bundle.
+	caRows := len(certs.NodeCAFiles(certs.ServerNode)) + len(certs.Select(certs.ServerNode, nil))
 	tests := []struct {
 		name    string
 		dir     string
 		args    []string
+		env     []string
 		code    int
 		wantErr string
 	}{
-		{"no threshold, warnings", warnOnly, nil, 0, ""},
-		{"no threshold, expired", withExpired, nil, 0, ""},
-		{"warning threshold, warnings", warnOnly, []string{"--fail-on", "warning"}, 1, "kpki: 1 of 5 certificates failed the check (--fail-on warning)\n"},
-		{"warning threshold, expired", withExpired, []string{"--fail-on", "warning"}, 1, "kpki: 2 of 7 certificates failed the check (--fail-on warning)\n"},
-		{"expired threshold, warnings", warnOnly, []string{"--fail-on", "expired"}, 0, ""},
-		{"expired threshold, expired", withExpired, []string{"--fail-on=expired"}, 1, "kpki: 1 of 7 certificates failed the check (--fail-on expired)\n"},
-		{"smaller renew window clears the warning", warnOnly, []string{"--fail-on", "warning", "--renew-before-days", "30"}, 0, ""},
-		{"selected services only", withExpired, []string{"--fail-on", "warning", "--service", "admin"}, 0, ""},
+		{"no threshold, warnings", warnOnly, nil, nil, 0, ""},
+		{"no threshold, expired", withExpired, nil, nil, 0, ""},
+		{"no threshold, missing", withMissing, nil, nil, 0, ""},
+		{"warning threshold, warnings", warnOnly, []string{"--fail-on", "warning"}, nil, 1, failed(1, n, "warning")},
+		{"warning threshold, expired", withExpired, []string{"--fail-on", "warning"}, nil, 1, failed(2, n, "warning")},
+		{"warning threshold, missing", withMissing, []string{"--fail-on", "warning"}, nil, 1, failed(2, n-1, "warning")},
+		{"expired threshold, warnings", warnOnly, []string{"--fail-on", "expired"}, nil, 0, ""},
+		{"expired threshold, expired", withExpired, []string{"--fail-on=expired"}, nil, 1, failed(1, n, "expired")},
+		{"expired threshold, missing", withMissing, []string{"--fail-on", "expired"}, nil, 1, failed(1, n-1, "expired")},
+		{"smaller renew window clears the warning", warnOnly, []string{"--fail-on", "warning", "--renew-before-days", "30"}, nil, 0, ""},
+		{"selected services only", withExpired, []string{"--fail-on", "warning", "--service", "admin"}, nil, 0, ""},
+		{"CA window reaching the CAs", warnOnly, []string{"--fail-on", "warning", "--ca-warn-days", "3300"}, nil, 1, failed(1+caRows, n, "warning")},
+		{"CA window from the environment", warnOnly, []string{"--fail-on", "warning"}, []string{"KPKI_CA_WARN_DAYS=3300"}, 1, failed(1+caRows, n, "warning")},
+		{"CA window short of the CAs", warnOnly, []string{"--fail-on", "warning", "--ca-warn-days", "3200"}, nil, 1, failed(1, n, "warning")},
+		{"CA warnings do not fail --fail-on expired", warnOnly, []string{"--fail-on", "expired", "--ca-warn-days", "3300"}, nil, 0, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			for _, kv := range tt.env {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
 			code, out, errOut := runCertCheck(t, append([]string{"--data-dir", tt.dir, "-o", "json"}, tt.args...)...)
 			if code != tt.code || errOut != tt.wantErr {
 				t.Errorf("exit %d, stderr %q; want %d, %q", code, errOut, tt.code, tt.wantErr)
@@ -172,7 +235,7 @@ func TestCheckServiceFlag(t *testing.T) {
 	if code != 0 || errOut != "" {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
-	want := "server/tls/client-admin.crt server/tls/client-supervisor.crt server/tls/client-kube-proxy.crt"
+	want := "server/tls/client-admin.crt server/tls/client-supervisor.crt server/tls/client-kube-proxy.crt server/tls/serving-supervisor.crt"
 	if got := strings.Join(files(out), " "); got != want {
 		t.Errorf("files = %s, want %s", got, want)
 	}
@@ -192,13 +255,21 @@ func TestCheckFormatsAndErrors(t *testing.T) {
 	dir := certCheckDataDir(t, true)
 	code, out, _ := runCertCheck(t, "--data-dir", dir)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 8 || !strings.HasPrefix(lines[0], "FILENAME") || !strings.HasSuffix(lines[0], "RESIDUAL TIME  STATUS") {
+	if code != 0 || len(lines) != 1+certCheckRows || !strings.HasPrefix(lines[0], "FILENAME") || !strings.HasSuffix(lines[0], "RESIDUAL TIME  STATUS") {
 		t.Errorf("default table: exit %d\n%s", code, out)
 	}
 	code, out, _ = runCertCheck(t, "--data-dir", dir, "-o", "text")
 	lines = strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 7 || !strings.HasPrefix(lines[0], "server/tls/client-ca.crt: OK; subject CN=kpki-client-ca@1;") ||
-		!strings.HasPrefix(lines[5], "server/tls/client-kube-proxy.crt: EXPIRED; ") {
+	hasLine := func(prefix string) bool {
+		for _, l := range lines {
+			if strings.HasPrefix(l, prefix) {
+				return true
+			}
+		}
+		return false
+	}
+	if code != 0 || len(lines) != certCheckRows || !strings.HasPrefix(lines[0], "server/tls/server-ca.crt: OK; subject CN=kpki-server-ca@1;") ||
+		!hasLine("server/tls/client-ca.crt: OK; subject CN=kpki-client-ca@1;") || !hasLine("server/tls/client-kube-proxy.crt: EXPIRED; ") {
 		t.Errorf("text: exit %d\n%s", code, out)
 	}
 	code, out, _ = runCertCheck(t, "--data-dir", dir, "--output", "yaml")
@@ -213,6 +284,7 @@ func TestCheckFormatsAndErrors(t *testing.T) {
 		{[]string{"-o", "wide"}, `kpki: unknown output format "wide"; valid formats: table, text, json, yaml` + "\n"},
 		{[]string{"--fail-on", "sometimes"}, `kpki: unknown --fail-on value "sometimes"; valid values: warning, expired` + "\n"},
 		{[]string{"--renew-before-days", "-1"}, "kpki: --renew-before-days -1 must be at least 0\n"},
+		{[]string{"--ca-warn-days", "-1"}, "kpki: --ca-warn-days -1 must be at least 0\n"},
 	} {
 		code, out, errOut := runCertCheck(t, append([]string{"--data-dir", dir}, tt.args...)...)
 		if code != 1 || out != "" || errOut != tt.want {
@@ -233,14 +305,51 @@ func TestCheckCorruptFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errOut := runCertCheck(t, "--data-dir", dir, "-o", "json", "--fail-on", "expired")
-	if code != 1 || errOut != "kpki: 1 of 4 certificates failed the check (--fail-on expired)\n" {
-		t.Errorf("exit %d, stderr %q", code, errOut)
+	if want := fmt.Sprintf("kpki: 1 of %d certificates failed the check (--fail-on expired)\n", certCheckRows-1); code != 1 || errOut != want {
+		t.Errorf("exit %d, stderr %q, want %q", code, errOut, want)
 	}
 	var rows []map[string]any
 	if err := json.Unmarshal([]byte(out), &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if len(rows) != 4 || rows[1]["filename"] != "server/tls/client-admin.crt" || rows[1]["status"] != "ERROR" || rows[1]["message"] == "" {
-		t.Errorf("rows = %v", rows)
+	n := 0
+	for _, r := range rows {
+		if r["filename"] == "server/tls/client-admin.crt" {
+			n++
+			if r["status"] != "ERROR" || r["message"] == "" || r["message"] == nil {
+				t.Errorf("corrupt file row %v", r)
+			}
+		}
+	}
+	if len(rows) != certCheckRows-1 || n != 1 {
+		t.Errorf("%d rows, %d for the corrupt file: %v", len(rows), n, rows)
+	}
+}
+
+// TestCheckMissingFile checks the table and YAML forms of a MISSING row.
+func TestCheckMissingFile(t *testing.T) {
+	dir := certCheckDataDir(t, false)
+	if err := os.Remove(datadir.Layout{Root: dir}.TLS("etcd", "peer-ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCertCheck(t, "--data-dir", dir, "--fail-on", "expired")
+	if want := fmt.Sprintf("kpki: 1 of %d certificates failed the check (--fail-on expired)\n", certCheckRows); code != 1 || errOut != want {
+		t.Errorf("exit %d, stderr %q, want %q", code, errOut, want)
+	}
+	var row string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "server/tls/etcd/peer-ca.crt ") {
+			row = l
+		}
+	}
+	if f := strings.Fields(row); len(f) != 7 || f[1] != "-" || f[5] != "-" || f[6] != "MISSING" {
+		t.Errorf("table row %q, want dashes and MISSING:\n%s", row, out)
+	}
+	if !strings.HasSuffix(out, "\n\nserver/tls/etcd/peer-ca.crt: MISSING: the file does not exist\n") {
+		t.Errorf("table does not end with the reason:\n%s", out)
+	}
+	_, out, _ = runCertCheck(t, "--data-dir", dir, "-o", "yaml")
+	if !strings.Contains(out, "  filename: server/tls/etcd/peer-ca.crt\n  issuer: \"\"\n  message: the file does not exist\n") || !strings.Contains(out, "  status: MISSING\n") {
+		t.Errorf("yaml lacks the MISSING row:\n%s", out)
 	}
 }

@@ -48,6 +48,7 @@ func newServerCmd() *cobra.Command {
 	f.IntVar(&cfg.CAValidityDays, "ca-validity-days", cfg.CAValidityDays, "validity of generated CA certificates")
 	f.IntVar(&cfg.CertValidityDays, "cert-validity-days", cfg.CertValidityDays, "validity of leaf certificates")
 	f.IntVar(&cfg.RenewBeforeDays, "renew-before-days", cfg.RenewBeforeDays, "renew leaf certificates this many days before they expire")
+	f.IntVar(&cfg.CAWarnDays, "ca-warn-days", cfg.CAWarnDays, "warn (log, metrics) when a CA certificate or its chain expires within this many days")
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running server checks for certificates to renew")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, `address of the Prometheus metrics listener ("" disables it)`)
 	f.StringVar(&cfg.WriteKubeconfig, "write-kubeconfig", "", "write an admin kubeconfig with embedded credentials to this path")

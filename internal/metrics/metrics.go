@@ -13,6 +13,8 @@ import (
 type Metrics struct {
 	Registry        *prometheus.Registry
 	CertExpiry      *prometheus.GaugeVec
+	CAChainExpiry   *prometheus.GaugeVec
+	CAExpiring      *prometheus.GaugeVec
 	Issued          *prometheus.CounterVec
 	JoinRequests    *prometheus.CounterVec
 	RestartRequired prometheus.Gauge
@@ -26,6 +28,14 @@ func New() *Metrics {
 			Name: "kpki_certificate_expiration_seconds",
 			Help: "Expiry of each certificate kpki manages, as Unix time in seconds.",
 		}, []string{"file", "subject", "usages"}),
+		CAChainExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kpki_ca_chain_expiration_seconds",
+			Help: "Earliest expiry, as Unix time in seconds, of each CA file's signing chain (the CA and its bundle up to the root): no leaf it signs outlives it.",
+		}, []string{"file"}),
+		CAExpiring: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kpki_ca_expiring",
+			Help: "1 when the CA file's signing chain expires within the CA warning window (--ca-warn-days), else 0.",
+		}, []string{"file"}),
 		Issued: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "kpki_certificates_issued_total",
 			Help: "Certificates issued or renewed, by kind.",
@@ -39,7 +49,7 @@ func New() *Metrics {
 			Help: "1 when the CA material in the datastore changed and this server must be restarted to use it.",
 		}),
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.Issued, m.JoinRequests, m.RestartRequired)
+	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired)
 	return m
 }
 

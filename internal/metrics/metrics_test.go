@@ -83,6 +83,9 @@ func TestHandlerServesMetrics(t *testing.T) {
 				m.JoinRequests.WithLabelValues("ok").Inc()
 				m.JoinRequests.WithLabelValues("unauthorized").Add(2)
 				m.RestartRequired.Set(1)
+				m.CAChainExpiry.WithLabelValues("/var/lib/kpki/server/tls/server-ca.crt").Set(1.8e9)
+				m.CAExpiring.WithLabelValues("/var/lib/kpki/server/tls/server-ca.crt").Set(1)
+				m.CAExpiring.WithLabelValues("/var/lib/kpki/server/tls/client-ca.crt").Set(0)
 			},
 			want: map[string][]sample{
 				"kpki_certificate_expiration_seconds": {
@@ -98,6 +101,13 @@ func TestHandlerServesMetrics(t *testing.T) {
 					{labels: map[string]string{"result": "unauthorized"}, value: 2},
 				},
 				"kpki_restart_required": {{labels: map[string]string{}, value: 1}},
+				"kpki_ca_chain_expiration_seconds": {
+					{labels: map[string]string{"file": "/var/lib/kpki/server/tls/server-ca.crt"}, value: 1.8e9},
+				},
+				"kpki_ca_expiring": {
+					{labels: map[string]string{"file": "/var/lib/kpki/server/tls/client-ca.crt"}, value: 0},
+					{labels: map[string]string{"file": "/var/lib/kpki/server/tls/server-ca.crt"}, value: 1},
+				},
 			},
 		},
 		{
@@ -118,6 +128,8 @@ func TestHandlerServesMetrics(t *testing.T) {
 		"kpki_certificates_issued_total":      dto.MetricType_COUNTER,
 		"kpki_join_requests_total":            dto.MetricType_COUNTER,
 		"kpki_restart_required":               dto.MetricType_GAUGE,
+		"kpki_ca_chain_expiration_seconds":    dto.MetricType_GAUGE,
+		"kpki_ca_expiring":                    dto.MetricType_GAUGE,
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,6 +220,10 @@ func TestLabelCardinality(t *testing.T) {
 	}{
 		{name: "expiry needs file, subject, usages", labels: func(m *Metrics) error {
 			_, err := m.CertExpiry.GetMetricWithLabelValues("f", "s")
+			return err
+		}},
+		{name: "CA expiring needs file only", labels: func(m *Metrics) error {
+			_, err := m.CAExpiring.GetMetricWithLabelValues("f", "s")
 			return err
 		}},
 		{name: "issued needs kind", labels: func(m *Metrics) error {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/node"
 )
 
@@ -44,7 +45,10 @@ type Config struct {
 	CAValidityDays   int
 	CertValidityDays int
 	RenewBeforeDays  int
-	RenewInterval    time.Duration
+	// CAWarnDays is the CA warning window: a CA whose chain expires within it is
+	// logged at start and on every renewal pass and flagged in kpki_ca_expiring.
+	CAWarnDays    int
+	RenewInterval time.Duration
 	// CertValidity and RenewBefore, when set, override the day-based settings with a
 	// finer duration; tests use them to watch live renewal happen in seconds.
 	CertValidity time.Duration
@@ -71,6 +75,7 @@ func Defaults() Config {
 		CAValidityDays:   3650,
 		CertValidityDays: 365,
 		RenewBeforeDays:  90,
+		CAWarnDays:       certs.DefaultCAWarnDays,
 		RenewInterval:    time.Hour,
 		MetricsAddress:   "127.0.0.1:9346",
 	}
@@ -87,6 +92,7 @@ type resolved struct {
 	caValidity  time.Duration
 	validity    time.Duration
 	renewBefore time.Duration
+	caWarn      time.Duration
 	datastore   []string
 }
 
@@ -123,6 +129,10 @@ func (c *Config) resolve() (*resolved, error) {
 	if c.RenewBeforeDays < 0 || c.RenewBeforeDays >= c.CertValidityDays {
 		bad("--renew-before-days %d must be at least 0 and less than --cert-validity-days %d", c.RenewBeforeDays, c.CertValidityDays)
 	}
+	if c.CAWarnDays < 0 {
+		bad("--ca-warn-days %d must be at least 0", c.CAWarnDays)
+	}
+	r.caWarn = days(c.CAWarnDays)
 	if c.RenewInterval <= 0 {
 		c.RenewInterval = time.Hour
 	}

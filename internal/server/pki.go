@@ -438,6 +438,7 @@ func (s *Server) auditCert(action, actor, file string, c, old *x509.Certificate)
 }
 
 func (s *Server) updateExpiryMetrics() {
+	s.updateCAExpiryMetrics()
 	s.metrics.CertExpiry.Reset()
 	record := func(file string) {
 		data, err := os.ReadFile(file)

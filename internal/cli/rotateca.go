@@ -26,9 +26,10 @@ func newRotateCACmd() *cobra.Command {
 		Use:   "rotate-ca --path DIR",
 		Short: "Load new CA certificates and keys (staged in DIR laid out as a server dir) into the datastore",
 		Long: `Reads DIR/tls/server-ca.crt, DIR/tls/server-ca.key, …, DIR/tls/etcd/peer-ca.key and
-DIR/tls/service.key (files that are missing keep their current value), sends them to the
-running kpki server, which checks them all and, if every check passes, saves them to the
-datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
+DIR/tls/service.key (files that are missing keep their current value; each must be a regular
+file, or a symlink to one, of at most 1 MiB), sends them to the running kpki server, which
+checks them all and, if every check passes, saves them to the datastore. Restart kpki on all
+nodes afterwards, servers first, then agents.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {

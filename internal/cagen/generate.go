@@ -70,7 +70,7 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 
 	var inputs [4][]byte
 	for i, f := range []string{RootCertFile, RootKeyFile, IntermediateCertFile, IntermediateKeyFile} {
-		b, err := datadir.ReadOptional(path(f))
+		b, err := datadir.ReadRegular(path(f), datadir.MaxStagedFile)
 		if err != nil {
 			return nil, err
 		}
@@ -78,7 +78,7 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 	}
 	rootPEM, rootKeyPEM, interPEM, interKeyPEM := inputs[0], inputs[1], inputs[2], inputs[3]
 	svcPath := path(certs.ServiceKeyFile)
-	oldSvc, err := datadir.ReadOptional(svcPath)
+	oldSvc, err := datadir.ReadRegular(svcPath, datadir.MaxStagedFile)
 	if err != nil {
 		return nil, err
 	}

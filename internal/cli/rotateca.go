@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -25,16 +26,17 @@ func newRotateCACmd() *cobra.Command {
 		Use:   "rotate-ca --path DIR",
 		Short: "Load new CA certificates and keys (staged in DIR laid out as a server dir) into the datastore",
 		Long: `Reads DIR/tls/server-ca.crt, DIR/tls/server-ca.key, …, DIR/tls/etcd/peer-ca.key and
-DIR/tls/service.key (files that are missing keep their current value), sends them to the
-running kpki server, which checks them all and, if every check passes, saves them to the
-datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
+DIR/tls/service.key (files that are missing keep their current value; each must be a regular
+file, or a symlink to one, of at most 1 MiB), sends them to the running kpki server, which
+checks them all and, if every check passes, saves them to the datastore. Restart kpki on all
+nodes afterwards, servers first, then agents.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
 				return errors.New("--path is required: the directory holding the staged tls/ files")
 			}
-			return runRotateCA(cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
+			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -46,7 +48,12 @@ datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
 	return cmd
 }
 
-func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+// runRotateCA reads the staged files and sends them to the server. ctx is the command's
+// (cancelled by SIGINT and SIGTERM, see Execute): the request is made with it.
+func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("--path: %w", err)
@@ -54,13 +61,7 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 	if !st.IsDir() {
 		return fmt.Errorf("--path %s is not a directory", dir)
 	}
-	staged, err := rotation.ReadStaged(dir, func(p string) ([]byte, error) {
-		b, err := datadir.ReadOptional(filepath.FromSlash(p))
-		if err == nil && b != nil && len(strings.TrimSpace(string(b))) == 0 {
-			return nil, fmt.Errorf("%s is empty", p)
-		}
-		return b, err
-	})
+	staged, err := readStaged(dir)
 	if err != nil {
 		return err
 	}
@@ -76,6 +77,7 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 	if err != nil {
 		return err
 	}
+	withContext(ctx, c)
 	q := url.Values{}
 	if force {
 		q.Set("force", "true")
@@ -85,6 +87,9 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 	}
 	var resp api.RotateCAResponse
 	err = c.Do(http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
+	if ctx.Err() != nil {
+		return fmt.Errorf("rotate-ca interrupted before the server answered: a rotation the server already received may still be saved; run it again with --dry-run to see (\"nothing to rotate\" if it was)")
+	}
 	var se *api.StatusError
 	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
 		return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", strings.Join(se.Body.Errors, "; "), se.Body.ID)
@@ -125,4 +130,61 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 		fmt.Fprintf(out, "the CA hash changed; reconfigure every node that joined with a secure token before restarting it:\nserver token: %s\nagent token: %s\n", resp.ServerToken, resp.AgentToken)
 	}
 	return nil
+}
+
+// readStaged reads the staging dir: only regular files (a symlink to one is followed) of
+// at most datadir.MaxStagedFile bytes; a missing file is not staged, anything else that is not a
+// readable regular file (a dangling symlink, a FIFO, a device, a larger file) is an error
+// naming it.
+func readStaged(dir string) (map[string][]byte, error) {
+	return rotation.ReadStaged(dir, func(p string) ([]byte, error) {
+		p = filepath.FromSlash(p)
+		b, err := datadir.ReadRegular(p, datadir.MaxStagedFile)
+		if err == nil && b != nil && len(strings.TrimSpace(string(b))) == 0 {
+			return nil, fmt.Errorf("%s is empty", p)
+		}
+		return b, err
+	})
+}
+
+// withContext makes every request of c carry ctx, so that an interrupt aborts a
+// connection attempt or a wait for the answer at once.
+func withContext(ctx context.Context, c *api.Client) {
+	next := c.HTTP.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	c.HTTP.Transport = ctxTransport{ctx: ctx, next: next}
+}
+
+// ctxTransport adds the cancellation of ctx to each request's own context (which
+// carries the client's timeout).
+type ctxTransport struct {
+	ctx  context.Context
+	next http.RoundTripper
+}
+
+func (t ctxTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(r.Context())
+	stop := context.AfterFunc(t.ctx, cancel)
+	done := func() { stop(); cancel() }
+	resp, err := t.next.RoundTrip(r.WithContext(ctx))
+	if err != nil {
+		done()
+		return nil, err
+	}
+	resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
+	return resp, nil
+}
+
+// doneBody releases the request's context when the answer is closed.
+type doneBody struct {
+	io.ReadCloser
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.done()
+	return err
 }

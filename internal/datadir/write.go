@@ -2,12 +2,15 @@ package datadir
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -33,11 +36,13 @@ func WriteFile(path string, data []byte, mode fs.FileMode) error {
 	if err := MkdirAll(filepath.Dir(path)); err != nil {
 		return err
 	}
-	if err := writeSynced(path+tmpSuffix, data, mode); err != nil {
+	tok, err := writeTemp(path, tmpSuffix, data, mode)
+	if err != nil {
 		return err
 	}
-	if err := os.Rename(path+tmpSuffix, path); err != nil {
-		os.Remove(path + tmpSuffix)
+	tmp := tempPath(path, tok, tmpSuffix)
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return syncDir(filepath.Dir(path))
@@ -66,10 +71,11 @@ func WriteFileWithTime(path string, data []byte, mode fs.FileMode, mtime time.Ti
 	if err := MkdirAll(filepath.Dir(path)); err != nil {
 		return err
 	}
-	tmp := path + tmpSuffix
-	if err := writeSynced(tmp, data, mode); err != nil {
+	tok, err := writeTemp(path, tmpSuffix, data, mode)
+	if err != nil {
 		return err
 	}
+	tmp := tempPath(path, tok, tmpSuffix)
 	if err := os.Chtimes(tmp, mtime, mtime); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("set time of %s: %w", path, err)
@@ -135,36 +141,41 @@ func WriteGroup(files []File) error {
 		return nil
 	}
 	var dirs []string
+	pending := make([]string, len(files))
 	cleanup := func() {
-		for _, f := range files {
-			os.Remove(f.Path + pendingSuffix)
+		for _, p := range pending {
+			if p != "" {
+				os.Remove(p)
+			}
 		}
 	}
-	for _, f := range files {
+	var list strings.Builder
+	for i, f := range files {
 		if err := MkdirAll(filepath.Dir(f.Path)); err != nil {
-			return err
-		}
-		if err := writeSynced(f.Path+pendingSuffix, f.Data, f.Mode); err != nil {
 			cleanup()
 			return err
 		}
+		tok, err := writeTemp(f.Path, pendingSuffix, f.Data, f.Mode)
+		if err != nil {
+			cleanup()
+			return err
+		}
+		p := tempPath(f.Path, tok, pendingSuffix)
+		pending[i] = p
 		if !f.ModTime.IsZero() {
-			if err := os.Chtimes(f.Path+pendingSuffix, f.ModTime, f.ModTime); err != nil {
+			if err := os.Chtimes(p, f.ModTime, f.ModTime); err != nil {
 				cleanup()
 				return fmt.Errorf("set time of %s: %w", f.Path, err)
 			}
 		}
 		dirs = appendUnique(dirs, filepath.Dir(f.Path))
+		list.WriteString(tok + "\t" + f.Path + "\n")
 	}
 	for _, d := range dirs {
 		if err := syncDir(d); err != nil {
 			cleanup()
 			return err
 		}
-	}
-	var list strings.Builder
-	for _, f := range files {
-		list.WriteString(f.Path + "\n")
 	}
 	journal := journalPath(files[0].Path)
 	if err := WriteFile(journal, []byte(list.String()), 0o600); err != nil {
@@ -181,11 +192,12 @@ func completeGroup(journal string) error {
 		return fmt.Errorf("read journal %s: %w", journal, err)
 	}
 	var dirs []string
-	for _, p := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		if p == "" {
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if line == "" {
 			continue
 		}
-		if err := os.Rename(p+pendingSuffix, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		pend, p := journalEntry(line)
+		if err := os.Rename(pend, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("write %s: %w", p, err)
 		}
 		dirs = appendUnique(dirs, filepath.Dir(p))
@@ -199,6 +211,28 @@ func completeGroup(journal string) error {
 		return fmt.Errorf("remove journal %s: %w", journal, err)
 	}
 	return syncDir(filepath.Dir(journal))
+}
+
+// journalEntry parses a journal line "<token>\t<path>": the pending file of path is
+// <path>.<token>.kpki-new. A line that is only a path (as written before pending files had
+// random names) means <path>.kpki-new.
+func journalEntry(line string) (pending, path string) {
+	if tok, p, ok := strings.Cut(line, "\t"); ok && isToken(tok) {
+		return tempPath(p, tok, pendingSuffix), p
+	}
+	return line + pendingSuffix, line
+}
+
+func isToken(s string) bool {
+	if len(s) != 2*tokenBytes {
+		return false
+	}
+	for _, c := range s {
+		if !strings.ContainsRune("0123456789abcdef", c) {
+			return false
+		}
+	}
+	return true
 }
 
 func journalPath(certPath string) string {
@@ -259,31 +293,70 @@ func appendUnique(list []string, s string) []string {
 	return append(list, s)
 }
 
-func writeSynced(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+// tokenBytes is the size of the random part of a temp or pending file name.
+const tokenBytes = 8
+
+// tempToken returns the random part of a new temp file name (tests replace it to make
+// names predictable).
+var tempToken = func() string {
+	var b [tokenBytes]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// tempAttempts bounds how many names createTemp tries.
+const tempAttempts = 8
+
+// tempPath is the name of the temp file of path with the random part tok.
+func tempPath(path, tok, suffix string) string { return path + "." + tok + suffix }
+
+// createTemp creates a new file tempPath(path, <random>, suffix) next to path, with
+// O_CREATE|O_EXCL|O_NOFOLLOW: whatever already has that name, a file or a symlink planted
+// to redirect a key write elsewhere, is never opened; another name is tried instead. It
+// returns the file and the random part of its name.
+func createTemp(path, suffix string, mode fs.FileMode) (*os.File, string, error) {
+	var err error
+	for range tempAttempts {
+		tok := tempToken()
+		var f *os.File
+		f, err = os.OpenFile(tempPath(path, tok, suffix), os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, mode)
+		if err == nil {
+			return f, tok, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			break
+		}
+	}
+	return nil, "", fmt.Errorf("write %s: create a temporary file: %w", path, err)
+}
+
+// writeTemp writes data with mode to a new temp file next to path (see createTemp),
+// synced, and returns the random part of its name.
+func writeTemp(path, suffix string, data []byte, mode fs.FileMode) (string, error) {
+	f, tok, err := createTemp(path, suffix, mode)
 	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return "", err
+	}
+	name := f.Name()
+	fail := func(what string, err error) (string, error) {
+		f.Close()
+		os.Remove(name)
+		return "", fmt.Errorf("%s %s: %w", what, path, err)
 	}
 	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write %s: %w", path, err)
+		return fail("write", err)
 	}
 	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write %s: %w", path, err)
+		return fail("write", err)
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("sync %s: %w", path, err)
+		return fail("sync", err)
 	}
 	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return fmt.Errorf("write %s: %w", path, err)
+		os.Remove(name)
+		return "", fmt.Errorf("write %s: %w", path, err)
 	}
-	return nil
+	return tok, nil
 }
 
 func syncDir(dir string) error {

@@ -3,10 +3,16 @@
 package metrics
 
 import (
+	"context"
+	"errors"
+	"net"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kpki/kpki/internal/httplimit"
 )
 
 // Metrics is the set of kpki metrics.
@@ -56,4 +62,31 @@ func New() *Metrics {
 // Handler serves the registry.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+}
+
+// httpServer is the http.Server Serve runs: /metrics, with the limits lim.
+func (m *Metrics) httpServer(lim httplimit.Limits) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", m.Handler())
+	return lim.Server(mux)
+}
+
+// Serve serves /metrics over plain HTTP on ln until ctx ends, with the limits lim
+// (httplimit.Default for zero fields): a client that sends its request slowly, or
+// never, is disconnected.
+func (m *Metrics) Serve(ctx context.Context, ln net.Listener, lim httplimit.Limits) error {
+	srv := m.httpServer(lim)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return srv.Shutdown(sctx)
+	case err := <-errc:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}
 }

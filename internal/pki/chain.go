@@ -157,16 +157,10 @@ func ChainsTo(bundle, trusted []*x509.Certificate, now time.Time) error {
 
 // CheckCA validates a CA loaded from files at time now: the key matches the first
 // certificate, which is a CA allowed to sign certificates, currently valid, and
-// chaining to a self-signed root within the bundle.
+// chaining to a self-signed root within the bundle. It is the first of CAProblems.
 func CheckCA(ca *CA, now time.Time) error {
-	if !KeyMatchesCert(ca.Key, ca.Cert) {
-		return errors.New("key does not match the certificate")
-	}
-	if err := CheckCACert(ca.Cert, now); err != nil {
-		return err
-	}
-	if _, err := VerifyChain(ca.Bundle, now); err != nil {
-		return fmt.Errorf("chain does not verify: %w", err)
+	if p := CAProblems(ca, now); len(p) > 0 {
+		return p[0].Err
 	}
 	return nil
 }

@@ -5,6 +5,7 @@
 package rotation
 
 import (
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -87,9 +88,13 @@ type Result struct {
 // OK reports whether every check passed.
 func (r *Result) OK() bool { return len(r.Errors) == 0 }
 
-// Validate checks the staged files against the current record at time now. With force,
-// the chain-to-the-old-CA, chain-included and old-service-key checks are skipped;
-// parsing, key/certificate agreement, CA:TRUE and validity never are.
+// Validate checks the staged files against the current record at time now. Every
+// changed CA must pass what the server checks of a CA file at start (pki.CAProblems:
+// parsing, key/certificate agreement, CA:TRUE with keyCertSign, validity, the chain
+// within the file), and no two of the five CAs of the resulting record may share a key.
+// With force, only the continuity checks are skipped: a changed CA must chain to the CA
+// it replaces (so it must hold its chain), and a new service.key must keep the current
+// signing key.
 func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time, force bool) *Result {
 	r := &Result{}
 	fail := func(field, format string, a ...any) {
@@ -114,10 +119,17 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 		}
 	}
 
+	// signing is the public half of each CA's signing key in the resulting record.
+	signing := map[string]crypto.PublicKey{}
+	rotated := map[string]bool{}
 	for _, p := range caPairs {
 		if !changed(p.cert) && !changed(p.key) {
+			if k, err := pki.ParseKey(cur(p.key)); err == nil {
+				signing[p.key] = k.Public()
+			}
 			continue
 		}
+		rotated[p.key] = true
 		certPEM, keyPEM := cur(p.cert), cur(p.key)
 		if changed(p.cert) {
 			certPEM = staged[p.cert]
@@ -136,6 +148,7 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 			fail(p.key, "%v", err)
 			continue
 		}
+		signing[p.key] = keys[0].Public()
 		ch := Change{Field: p.cert, File: StagedPath(p.cert), New: summarize(newBundle[0])}
 		if len(oldBundle) > 0 {
 			ch.Old = summarize(oldBundle[0])
@@ -144,12 +157,13 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 		if changed(p.key) {
 			r.Changes = append(r.Changes, Change{Field: p.key, File: StagedPath(p.key), KeyCount: len(keys)})
 		}
-		leaf := newBundle[0]
-		if !pki.KeyMatchesCert(keys[0], leaf) {
-			fail(p.key, "the first key does not match the first certificate of %s", StagedPath(p.cert))
-		}
-		if err := pki.CheckCACert(leaf, now); err != nil {
-			fail(p.cert, "%v", err)
+		ca := &pki.CA{Cert: newBundle[0], Key: keys[0], Bundle: newBundle, BundlePEM: certPEM}
+		for _, prob := range pki.CAProblems(ca, now) {
+			if prob.Key {
+				fail(p.key, "the first key does not match the first certificate of %s", StagedPath(p.cert))
+			} else {
+				fail(p.cert, "%v", prob.Err)
+			}
 		}
 		if force || !changed(p.cert) {
 			continue
@@ -160,6 +174,19 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 		}
 		if err := pki.ChainsTo(newBundle, oldBundle, now); err != nil {
 			fail(p.cert, "the new CA does not chain to the current CA (%v); a new root needs a certificate cross-signed by the current one, or --force (disruptive)", err)
+		}
+	}
+	for i, a := range caPairs {
+		for _, b := range caPairs[i+1:] {
+			ka, kb := signing[a.key], signing[b.key]
+			if ka == nil || kb == nil || !(rotated[a.key] || rotated[b.key]) || !pki.PublicKeysEqual(ka, kb) {
+				continue
+			}
+			named, other := b, a
+			if !rotated[b.key] {
+				named, other = a, b
+			}
+			fail(named.key, "the same key as %s: every CA must have a key of its own", StagedPath(other.key))
 		}
 	}
 
@@ -188,7 +215,7 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 	if changed("ServerCA") {
 		if h, err := pki.CAHash(staged["ServerCA"]); err == nil {
 			r.NewCAHash = h
-		} else if !force {
+		} else if r.OK() {
 			fail("ServerCA", "cannot compute the token CA hash: %v", err)
 		}
 	}

@@ -2,8 +2,10 @@ package rotation
 
 import (
 	"crypto"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"strings"
 	"testing"
@@ -287,5 +289,187 @@ func TestStagedPaths(t *testing.T) {
 	}
 	if n := len(Fields()); n != 11 {
 		t.Errorf("%d fields, want 11", n)
+	}
+}
+
+// selfSigned makes a self-signed certificate from tmpl for a new key, valid from nb to na.
+func selfSigned(t *testing.T, iss *pki.Issuer, tmpl x509.Certificate, nb, na time.Time) ca {
+	t.Helper()
+	k, err := iss.NewECKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signWith(t, tmpl, nb, na, k, nil)
+}
+
+// signWith signs tmpl for key by parent (self-signed when parent is nil).
+func signWith(t *testing.T, tmpl x509.Certificate, nb, na time.Time, key crypto.Signer, parent *ca) ca {
+	t.Helper()
+	serial, err := pki.NewSerial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial, nb, na
+	issuer, signer := &tmpl, key
+	if parent != nil {
+		issuer, signer = parent.cert, parent.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, issuer, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca{c, key}
+}
+
+var caTemplate = x509.Certificate{
+	Subject:               pkix.Name{CommonName: "forced-ca"},
+	BasicConstraintsValid: true,
+	IsCA:                  true,
+	KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+}
+
+// TestForceNeverSkipsCAChecks stages, with --force, CAs the server would refuse at start
+// and CAs that share a key with another CA: each is refused with the file named, and for
+// every case whose CA pki.CheckCA refuses, Validate refuses too.
+func TestForceNeverSkipsCAChecks(t *testing.T) {
+	f := newFixture(t)
+	now := t0.Add(time.Hour)
+	year := 365 * 24 * time.Hour
+	expired := selfSigned(t, f.iss, caTemplate, t0.Add(-2*year), t0.Add(-year))
+	notYet := selfSigned(t, f.iss, caTemplate, t0.Add(year), t0.Add(2*year))
+	leafTmpl := x509.Certificate{Subject: pkix.Name{CommonName: "not-a-ca"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, BasicConstraintsValid: true}
+	leaf := selfSigned(t, f.iss, leafTmpl, t0, t0.Add(year))
+	usageTmpl := caTemplate
+	usageTmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	wrongUsage := selfSigned(t, f.iss, usageTmpl, t0, t0.Add(year))
+	root := newRoot(t, f.iss, "forced-root")
+	sub := newSub(t, f.iss, root, "forced-sub")
+	good := newRoot(t, f.iss, "forced-good")
+	other := newRoot(t, f.iss, "unrelated")
+
+	clientKey, err := pki.ParseKey(mustGet(t, f.rec, "ClientCAKey").Content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sharesClient := signWith(t, caTemplate, t0, t0.Add(year), clientKey, nil)
+	twinKey, err := f.iss.NewECKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	twinA := signWith(t, caTemplate, t0, t0.Add(year), twinKey, nil)
+	twinB := signWith(t, caTemplate, t0, t0.Add(year), twinKey, nil)
+
+	pair := func(certField string, c ca) map[string][]byte {
+		return map[string][]byte{certField: pki.EncodeCert(c.cert), certField + "Key": keyPEM(t, c.key)}
+	}
+	cases := []struct {
+		name   string
+		staged map[string][]byte
+		want   []string
+	}{
+		{"expired", pair("ServerCA", expired), []string{"tls/server-ca.crt", "expired on"}},
+		{"not yet valid", pair("ClientCA", notYet), []string{"tls/client-ca.crt", "not valid before"}},
+		{"not a CA", pair("RequestHeaderCA", leaf), []string{"tls/request-header-ca.crt", "not a CA"}},
+		{"self-signed without keyCertSign", pair("ETCDServerCA", wrongUsage), []string{"tls/etcd/server-ca.crt", "keyCertSign"}},
+		{"key does not match", map[string][]byte{"ETCDPeerCA": pki.EncodeCert(good.cert), "ETCDPeerCAKey": keyPEM(t, other.key)},
+			[]string{"tls/etcd/peer-ca.key", "does not match"}},
+		{"chain without its root", map[string][]byte{"ServerCA": pki.EncodeCert(sub.cert), "ServerCAKey": keyPEM(t, sub.key)},
+			[]string{"tls/server-ca.crt", "chain does not verify"}},
+		{"chain to a root not in the file", map[string][]byte{"ServerCA": pki.EncodeCerts(sub.cert, other.cert), "ServerCAKey": keyPEM(t, sub.key)},
+			[]string{"tls/server-ca.crt", "chain does not verify"}},
+		{"server-ca with the key of the kept client-ca", pair("ServerCA", sharesClient),
+			[]string{"tls/server-ca.key", "the same key as tls/client-ca.key"}},
+		{"two staged CAs with one key", map[string][]byte{
+			"ServerCA": pki.EncodeCert(twinA.cert), "ServerCAKey": keyPEM(t, twinKey),
+			"ETCDPeerCA": pki.EncodeCert(twinB.cert), "ETCDPeerCAKey": keyPEM(t, twinKey),
+		}, []string{"tls/etcd/peer-ca.key", "the same key as tls/server-ca.key"}},
+		{"new key of the kept request-header cert is client-ca's", map[string][]byte{"RequestHeaderCAKey": keyPEM(t, clientKey)},
+			[]string{"tls/request-header-ca.key", "the same key as tls/client-ca.key"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			for _, force := range []bool{true, false} {
+				r := Validate(f.rec, c.staged, now, force)
+				if r.OK() {
+					t.Fatalf("force=%v: accepted", force)
+				}
+				if !hasError(r, c.want...) {
+					t.Errorf("force=%v: errors %q lack %q", force, r.Errors, c.want)
+				}
+			}
+		})
+	}
+
+	t.Run("a forced CA that CheckCA refuses is refused", func(t *testing.T) {
+		for _, c := range cases {
+			for _, p := range caPairs {
+				crt, ok := c.staged[p.cert]
+				if !ok {
+					continue
+				}
+				keyFile, ok := c.staged[p.key]
+				if !ok {
+					keyFile = mustGet(t, f.rec, p.key).Content
+				}
+				loaded, err := pki.LoadCA(crt, keyFile)
+				if err == nil && pki.CheckCA(loaded, now) == nil {
+					continue
+				}
+				if r := Validate(f.rec, map[string][]byte{p.cert: crt, p.key: keyFile}, now, true); r.OK() {
+					t.Errorf("%s: %s accepted with force although the server refuses it at start", c.name, p.cert)
+				}
+			}
+		}
+	})
+
+	t.Run("every failure reported together", func(t *testing.T) {
+		staged := map[string][]byte{}
+		for _, m := range []map[string][]byte{pair("ServerCA", expired), pair("ClientCA", leaf), pair("ETCDServerCA", wrongUsage)} {
+			for k, v := range m {
+				staged[k] = v
+			}
+		}
+		r := Validate(f.rec, staged, now, true)
+		for _, want := range [][]string{{"tls/server-ca.crt", "expired"}, {"tls/client-ca.crt", "not a CA"}, {"tls/etcd/server-ca.crt", "keyCertSign"}} {
+			if !hasError(r, want...) {
+				t.Errorf("errors %q lack %q", r.Errors, want)
+			}
+		}
+	})
+
+	t.Run("a valid forced CA is accepted", func(t *testing.T) {
+		if r := Validate(f.rec, pair("ServerCA", good), now, true); !r.OK() {
+			t.Fatalf("rejected: %q", r.Errors)
+		}
+		if r := Validate(f.rec, map[string][]byte{"ServerCA": pki.EncodeCerts(sub.cert, root.cert), "ServerCAKey": keyPEM(t, sub.key)}, now, true); !r.OK() {
+			t.Fatalf("chain with its root rejected: %q", r.Errors)
+		}
+	})
+}
+
+// TestSharedKeysAlreadyInRecord: two kept CAs that already share a key do not block the
+// rotation of something else (the server ran with them), but a staged CA joining them does.
+func TestSharedKeysAlreadyInRecord(t *testing.T) {
+	f := newFixture(t)
+	f.rec.Set("RequestHeaderCAKey", mustGet(t, f.rec, "ClientCAKey"))
+	shared, err := pki.ParseKey(mustGet(t, f.rec, "ClientCAKey").Content)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rec.Set("RequestHeaderCA", bootstrap.File{Timestamp: t0,
+		Content: pki.EncodeCert(signWith(t, caTemplate, t0, t0.Add(time.Hour*24*365), shared, nil).cert)})
+	newSvc, _ := f.iss.NewRSAKey(2048)
+	if r := Validate(f.rec, map[string][]byte{"ServiceKey": append(keyPEM(t, newSvc), f.svcPEM...)}, t0, false); !r.OK() {
+		t.Fatalf("rejected: %q", r.Errors)
+	}
+	joins := signWith(t, caTemplate, t0, t0.Add(time.Hour*24*365), shared, nil)
+	r := Validate(f.rec, map[string][]byte{"ETCDPeerCA": pki.EncodeCert(joins.cert), "ETCDPeerCAKey": keyPEM(t, shared)}, t0, true)
+	if !hasError(r, "tls/etcd/peer-ca.key", "the same key as tls/client-ca.key") || !hasError(r, "tls/etcd/peer-ca.key", "the same key as tls/request-header-ca.key") {
+		t.Errorf("errors %q", r.Errors)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/httplimit"
 	"github.com/kpki/kpki/internal/metrics"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/supervisor"
@@ -201,7 +201,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.cancel = cancel
 	s.goBackground(func() error { return s.sup.Serve(bctx, s.supLn) }, "supervisor")
 	if s.metricsLn != nil {
-		s.goBackground(func() error { return serveMetrics(bctx, s.metricsLn, s.metrics.Handler()) }, "metrics")
+		s.goBackground(func() error { return s.metrics.Serve(bctx, s.metricsLn, httplimit.Default()) }, "metrics")
 	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
@@ -333,22 +333,3 @@ func (s *Server) loadServingCert() error {
 }
 
 func (s *Server) servingCert() *tls.Certificate { return s.servingCertV.Load() }
-
-func serveMetrics(ctx context.Context, ln net.Listener, h http.Handler) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", h)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return srv.Shutdown(sctx)
-	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return err
-	}
-}

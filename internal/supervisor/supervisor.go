@@ -13,11 +13,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"sync/atomic"
 	"time"
+
+	"github.com/kpki/kpki/internal/httplimit"
 )
 
 // Config is what the supervisor needs from the server.
@@ -29,6 +32,9 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Authenticate checks basic-auth credentials for the /v1-kpki endpoints.
 	Authenticate Authenticator
+	// Limits are the server's timeouts and header bound (httplimit.Default for zero
+	// fields).
+	Limits httplimit.Limits
 }
 
 // Supervisor is the HTTPS API.
@@ -48,7 +54,7 @@ func New(cfg Config) *Supervisor {
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.Error(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path))
+		s.Error(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s", Clip(r.Method+" "+r.URL.Path, ClientFieldMax)))
 	})
 	return s
 }
@@ -76,18 +82,17 @@ func (s *Supervisor) TLSConfig() *tls.Config {
 	}
 }
 
+// httpServer is the http.Server Serve runs.
+func (s *Supervisor) httpServer() *http.Server {
+	srv := s.cfg.Limits.Server(s.mux)
+	srv.TLSConfig = s.TLSConfig()
+	srv.ErrorLog = log.New(serverErrorLog{s.cfg.Log}, "", 0)
+	return srv
+}
+
 // Serve serves HTTPS on ln until ctx ends.
 func (s *Supervisor) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{
-		Handler:           s.mux,
-		TLSConfig:         s.TLSConfig(),
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
-	}
+	srv := s.httpServer()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	select {
@@ -130,9 +135,10 @@ func (s *Supervisor) ErrorList(w http.ResponseWriter, r *http.Request, code int,
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
-	attrs := []any{"id", id, "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "status", code, "error", err.Error()}
+	attrs := append([]any{"id", id}, requestAttrs(r)...)
+	attrs = append(attrs, "status", code, "error", Clip(err.Error(), MessageMax))
 	if len(list) > 0 {
-		attrs = append(attrs, "errors", list)
+		attrs = append(attrs, "errors", clipList(list))
 	}
 	s.cfg.Log.Warn("request failed", attrs...)
 	body := map[string]any{"error": err.Error(), "id": id}

@@ -209,9 +209,7 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	a.renewBefore = time.Duration(cfg.RenewBeforeDays) * 24 * time.Hour
 	a.apiServer = "https://" + net.JoinHostPort(a.base.Hostname(), strconv.Itoa(cfg.APIServerPort))
 	if len(a.nodeIPs) == 0 {
-		if ip := routeIP(a.base); ip != nil {
-			a.nodeIPs = []net.IP{ip}
-		}
+		a.nodeIPs = defaultNodeIPs(routeIP(a.base))
 	}
 	return a, nil
 }
@@ -319,6 +317,18 @@ func (a *Agent) release() {
 // leafFiles returns the certificate and key paths of an agent leaf.
 func (a *Agent) leafFiles(l certs.Leaf) (crt, key string) {
 	return a.layout.Agent(l.Name + ".crt"), a.layout.Agent(l.Name + ".key")
+}
+
+// defaultNodeIPs is what the agent claims without --node-ip: the address it reaches the
+// server from, when that address can name this host to others. A loopback address
+// cannot (and the kubelet serving certificate carries 127.0.0.1 anyway), nor can a
+// link-local one; the server refuses the latter and a loopback address of its own, so
+// the agent claims none of them.
+func defaultNodeIPs(route net.IP) []net.IP {
+	if route == nil || !route.IsGlobalUnicast() {
+		return nil
+	}
+	return []net.IP{route}
 }
 
 // routeIP is the local address this node uses to reach the server, the default node IP

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -839,9 +840,10 @@ func TestServerCAEndpointsDisagree(t *testing.T) {
 	assertNothingWritten(t, fx.dd)
 }
 
-// TestDefaultNodeIPIsTheRouteToTheServer checks that without --node-ip the agent claims
-// the local address it reaches the server from.
-func TestDefaultNodeIPIsTheRouteToTheServer(t *testing.T) {
+// TestDefaultNodeIPOnLoopback checks that without --node-ip an agent reaching its server
+// over loopback claims no node IP: the address is not one other hosts can reach it by,
+// and the server refuses a loopback address that is its own.
+func TestDefaultNodeIPOnLoopback(t *testing.T) {
 	fx := newFixture(t)
 	fx.cfg.NodeIPs = nil
 	a, _ := fx.agent()
@@ -853,8 +855,30 @@ func TestDefaultNodeIPIsTheRouteToTheServer(t *testing.T) {
 		t.Fatalf("%d signing requests, want 4", len(signs))
 	}
 	for _, r := range signs {
-		if got := r.Header.Get(api.HeaderNodeIP); got != "127.0.0.1" {
-			t.Errorf("%s: %s = %q, want 127.0.0.1 (the address the agent reaches its loopback server from)", r.Path, api.HeaderNodeIP, got)
+		if got, ok := r.Header[http.CanonicalHeaderKey(api.HeaderNodeIP)]; ok {
+			t.Errorf("%s: %s = %q, want no node IP claimed for a loopback route", r.Path, api.HeaderNodeIP, got)
 		}
+	}
+}
+
+// TestDefaultNodeIPs checks which route addresses the agent claims by default.
+func TestDefaultNodeIPs(t *testing.T) {
+	for route, want := range map[string]string{
+		"10.0.0.7": "10.0.0.7", "192.168.1.20": "192.168.1.20", "2001:db8::7": "2001:db8::7", "fd00::5": "fd00::5",
+		"127.0.0.1": "", "127.0.0.5": "", "::1": "", "169.254.3.4": "", "fe80::1": "", "0.0.0.0": "",
+	} {
+		got := defaultNodeIPs(net.ParseIP(route))
+		if want == "" {
+			if got != nil {
+				t.Errorf("defaultNodeIPs(%s) = %v, want none", route, got)
+			}
+			continue
+		}
+		if len(got) != 1 || got[0].String() != want {
+			t.Errorf("defaultNodeIPs(%s) = %v, want [%s]", route, got, want)
+		}
+	}
+	if got := defaultNodeIPs(nil); got != nil {
+		t.Errorf("defaultNodeIPs(nil) = %v", got)
 	}
 }

@@ -128,6 +128,26 @@ func (s *Store) Keys(ctx context.Context, prefix string) ([]string, error) {
 	return out, nil
 }
 
+// KV is one key and its value.
+type KV struct {
+	Key   string
+	Value []byte
+}
+
+// GetPrefix returns every key under prefix with its value, and the revision of the
+// datastore the read saw (a watch from rev+1 misses no later change).
+func (s *Store) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, error) {
+	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("datastore list %s: %w", prefix, err)
+	}
+	out := make([]KV, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, KV{Key: string(kv.Key), Value: kv.Value})
+	}
+	return out, resp.Header.Revision, nil
+}
+
 // Create writes key only if it does not exist (ErrExists otherwise).
 func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 	resp, err := s.cli.Txn(ctx).

@@ -386,6 +386,40 @@ func TestKeys(t *testing.T) {
 	}
 }
 
+func TestGetPrefix(t *testing.T) {
+	s, p := sharedStore(t)
+	ctx := testCtx(t)
+	for _, k := range []string{"a/2", "a/1", "ab", "b"} {
+		if err := s.Put(ctx, p+k, []byte("v-"+k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kvs, rev, err := s.GetPrefix(ctx, p+"a/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, kv := range kvs {
+		got = append(got, kv.Key+"="+string(kv.Value))
+	}
+	if want := []string{p + "a/1=v-a/1", p + "a/2=v-a/2"}; !slices.Equal(got, want) {
+		t.Errorf("GetPrefix = %v, want %v", got, want)
+	}
+	_, latest := mustGet(t, s, p+"b")
+	if rev < latest {
+		t.Errorf("GetPrefix revision %d is older than the last write %d", rev, latest)
+	}
+	if err := s.Put(ctx, p+"a/3", []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	if _, rev3 := mustGet(t, s, p+"a/3"); rev3 <= rev {
+		t.Errorf("a write after the read has revision %d, not after the read's %d", rev3, rev)
+	}
+	if kvs, _, err := s.GetPrefix(ctx, p+"zzz/"); err != nil || len(kvs) != 0 {
+		t.Errorf("GetPrefix of nothing = %v, %v", kvs, err)
+	}
+}
+
 func TestPut(t *testing.T) {
 	s, p := sharedStore(t)
 	ctx := testCtx(t)

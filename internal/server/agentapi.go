@@ -2,13 +2,9 @@ package server
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/subtle"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,7 +16,9 @@ import (
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/csrcheck"
 	nodeid "github.com/kpki/kpki/internal/node"
+	"github.com/kpki/kpki/internal/nodeclaim"
 	"github.com/kpki/kpki/internal/supervisor"
 )
 
@@ -66,7 +64,9 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, code int, err
 }
 
 // handleSign issues an agent leaf for the public key of the CSR in the body. The server
-// decides subject, SANs, usages and validity from the certificate table.
+// decides subject, SANs, usages and validity from the certificate table. A node may not
+// claim a name or IP of the cluster's servers or services (package nodeclaim), and the
+// refusal comes before anything is registered for the node.
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.Leaf) {
 	node := strings.ToLower(strings.TrimSpace(r.Header.Get(api.HeaderNodeName)))
 	nodePW := r.Header.Get(api.HeaderNodePassword)
@@ -89,6 +89,15 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 			ips = append(ips, ip)
 		}
 	}
+	servers, err := s.clusterServers(r.Context())
+	if err != nil {
+		s.signError(w, r, http.StatusInternalServerError, err)
+		return
+	}
+	if err := nodeclaim.Check(servers, node, ips); err != nil {
+		s.refuseClaim(w, r, node, leaf, err)
+		return
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxCSRBody+1))
 	if err != nil {
 		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("read CSR: %w", err))
@@ -98,20 +107,16 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		s.signError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("CSR larger than %d bytes", maxCSRBody))
 		return
 	}
-	csr, err := x509.ParseCertificateRequest(body)
+	csr, err := csrcheck.Check(body)
 	if err != nil {
-		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("body is not a DER PKCS#10 certificate request: %v", err))
-		return
-	}
-	if err := acceptableKey(csr); err != nil {
 		s.signError(w, r, http.StatusBadRequest, err)
 		return
 	}
-	if err := csr.CheckSignature(); err != nil {
-		s.signError(w, r, http.StatusBadRequest, fmt.Errorf("CSR signature does not verify: %v", err))
+	ok, err := s.checkNodePassword(r.Context(), node, nodePW)
+	if errors.Is(err, errServerNodeName) {
+		s.refuseClaim(w, r, node, leaf, &nodeclaim.Refused{Claim: "node name " + node, Reason: err.Error()})
 		return
 	}
-	ok, err := s.checkNodePassword(r.Context(), node, nodePW)
 	if err != nil {
 		s.signError(w, r, http.StatusInternalServerError, err)
 		return
@@ -126,6 +131,17 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 	ca := s.cas[leaf.Signer]
 	s.mu.Unlock()
 	prof := leaf.Profile(certs.Params{NodeName: node, NodeIPs: ips, ClusterDomain: s.cfg.ClusterDomain})
+	if leaf.SANs == certs.KubeletSANs {
+		// The node's own claims; the profile's fixed names (localhost, 127.0.0.1) are not.
+		claimed := ips
+		if ip := net.ParseIP(node); ip != nil {
+			claimed = append([]net.IP{ip}, ips...)
+		}
+		if err := s.recordIPClaims(r.Context(), node, claimed, r.RemoteAddr); err != nil {
+			s.signError(w, r, http.StatusInternalServerError, err)
+			return
+		}
+	}
 	cert, err := s.issuer.SignLeaf(ca, csr.PublicKey, prof, s.r.validity)
 	if err != nil {
 		s.signError(w, r, http.StatusInternalServerError, err)
@@ -141,25 +157,17 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 	w.Write(certs.BuildCertFile(cert, ca))
 }
 
-// acceptableKey allows ECDSA P-256/P-384 and RSA keys of 2048 bits or more.
-func acceptableKey(csr *x509.CertificateRequest) error {
-	switch k := csr.PublicKey.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return fmt.Errorf("unsupported ECDSA curve %s: use P-256 or P-384", k.Curve.Params().Name)
-		}
-	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return fmt.Errorf("RSA key of %d bits is too small: at least 2048", k.N.BitLen())
-		}
-	default:
-		return fmt.Errorf("unsupported key type %s: use ECDSA P-256/P-384 or RSA 2048+", csr.PublicKeyAlgorithm)
-	}
-	return nil
+// refuseClaim answers a request that claims a name or IP the node may not have: 403
+// with the reason, counted and audited like a node-password mismatch.
+func (s *Server) refuseClaim(w http.ResponseWriter, r *http.Request, node string, leaf certs.Leaf, err error) {
+	s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "node-claim-refused", Actor: node, RemoteAddr: r.RemoteAddr,
+		File: leaf.Name + ".crt", Detail: err.Error()})
+	s.signError(w, r, http.StatusForbidden, fmt.Errorf("refused: %w; a node may not claim the names and addresses of the cluster's servers and services", err))
 }
 
 // checkNodePassword binds a node name to the first node password it was used with.
-// The stored value is a salted SHA-256: node passwords are 128-bit random.
+// The stored value is a salted SHA-256: node passwords are 128-bit random. A node name
+// a server registered (serverNodeMarker) gives errServerNodeName.
 func (s *Server) checkNodePassword(ctx context.Context, node, pw string) (bool, error) {
 	key := nodePasswordPrefix + node
 	var salt [16]byte
@@ -173,6 +181,9 @@ func (s *Server) checkNodePassword(ctx context.Context, node, pw string) (bool, 
 	if created {
 		s.log.Info("registered node", "node", node)
 		return true, nil
+	}
+	if string(stored) == serverNodeMarker {
+		return false, errServerNodeName
 	}
 	saltHex, sum, ok := strings.Cut(string(stored), ":")
 	storedSalt, err := hex.DecodeString(saltHex)

@@ -62,6 +62,7 @@ type Server struct {
 	firstStart bool
 
 	servingCertV atomic.Pointer[tls.Certificate]
+	registry     serverRegistry
 
 	passwdMu    sync.Mutex
 	passwdCache Passwd
@@ -184,6 +185,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.startPKI(ctx); err != nil {
 		return err
 	}
+	if err := s.registerServer(ctx); err != nil {
+		return err
+	}
 	if datadir.Exists(s.layout.ForceRestart()) {
 		if err := os.Remove(s.layout.ForceRestart()); err != nil {
 			return fmt.Errorf("remove %s: %w", s.layout.ForceRestart(), err)
@@ -205,6 +209,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
+	s.goBackground(func() error { s.watchServers(bctx); return nil }, "server registry watch")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {

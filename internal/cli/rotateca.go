@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -34,7 +35,7 @@ datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
 			if path == "" {
 				return errors.New("--path is required: the directory holding the staged tls/ files")
 			}
-			return runRotateCA(cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
+			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -46,7 +47,7 @@ datastore. Restart kpki on all nodes afterwards, servers first, then agents.`,
 	return cmd
 }
 
-func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
 	st, err := os.Stat(dir)
 	if err != nil {
 		return fmt.Errorf("--path: %w", err)
@@ -84,7 +85,8 @@ func runRotateCA(out io.Writer, dataDir, server, dir string, force, dryRun bool)
 		q.Set("dry-run", "true")
 	}
 	var resp api.RotateCAResponse
-	err = c.Do(http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
+	defer c.Close()
+	err = c.Do(ctx, http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
 	var se *api.StatusError
 	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
 		return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", strings.Join(se.Body.Errors, "; "), se.Body.ID)

@@ -32,7 +32,6 @@ func SignPath(name string) string { return "/v1-kpki/" + name + ".crt" }
 const (
 	ContentTypeCSR  = "application/pkcs10"
 	ContentTypeJSON = "application/json"
-	ContentTypePEM  = "application/x-pem-file"
 )
 
 // Headers a node sends with its signing requests (SPEC §7).

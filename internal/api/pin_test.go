@@ -315,8 +315,7 @@ func otherServing(t *testing.T) tls.Certificate {
 // did not change and refuses a body that does not chain to the anchor.
 func TestFollowCA(t *testing.T) {
 	var body atomic.Value
-	var ts *httptest.Server
-	ts = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Authorization") != "" {
 			t.Error("credentials sent with GET /cacerts")
 		}

@@ -26,6 +26,7 @@ import (
 	"github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/token"
+	"github.com/kpki/kpki/internal/trust"
 )
 
 // DefaultUser is the basic-auth user when the token names none.
@@ -118,9 +119,10 @@ type Agent struct {
 	renewBefore time.Duration
 
 	lock *datadir.FileLock
-	// trusted is the server CA bundle accepted by the last pass of this process; a later
-	// bundle with another hash is accepted only when it chains to it.
-	trusted     []byte
+	// trust is the server CA trust of the last pass of this process: later passes verify
+	// the server against its anchor and accept a changed CA only when it chains to it (or
+	// the token names it). nil until the first pass has pinned the CA.
+	trust       *trust.Trust
 	warnedShort bool
 }
 

@@ -318,7 +318,7 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 	}
 
 	reqs := fx.fake.takeRequests()
-	if reqs[0].Path != PathCACerts || reqs[0].Authorized {
+	if reqs[0].Path != api.PathCACerts || reqs[0].Authorized {
 		t.Errorf("first request %s (authorized %v), want an anonymous GET /cacerts", reqs[0].Path, reqs[0].Authorized)
 	}
 	signs := signingRequests(reqs)
@@ -326,7 +326,7 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 		t.Fatalf("%d signing requests, want 4", len(signs))
 	}
 	for _, r := range signs {
-		if r.Header.Get("Content-Type") != ContentTypeCSR || r.Header.Get(api.HeaderNodeName) != testNode ||
+		if r.Header.Get("Content-Type") != api.ContentTypeCSR || r.Header.Get(api.HeaderNodeName) != testNode ||
 			r.Header.Get(api.HeaderNodePassword) != pw || r.Header.Get(api.HeaderNodeIP) != "10.0.0.5,fd00::5" {
 			t.Errorf("%s headers: %v", r.Path, r.Header)
 		}
@@ -426,14 +426,14 @@ func TestLoopRenewsWithSameKey(t *testing.T) {
 
 func TestLoopRetriesFailedPass(t *testing.T) {
 	fx := newFixture(t)
-	fx.fake.failWith(PathClientCA, http.StatusServiceUnavailable, "datastore not ready")
+	fx.fake.failWith(api.PathClientCA, http.StatusServiceUnavailable, "datastore not ready")
 	a, buf := fx.agent()
 	passes, stop := fx.runLoop(a)
 	p := nextPass(t, passes)
 	if p.err == nil || !strings.Contains(p.err.Error(), "datastore not ready") {
 		t.Fatalf("first pass error %v, want the server's message", p.err)
 	}
-	fx.fake.failWith(PathClientCA, 0, "")
+	fx.fake.failWith(api.PathClientCA, 0, "")
 	waitTicker(t, fx.clock)
 	fx.clock.Advance(retryMin)
 	if p := nextPass(t, passes); p.err != nil || len(p.res.Issued) != 4 {
@@ -507,6 +507,7 @@ func TestCrossSignedCARotation(t *testing.T) {
 	fx.fake.setCAs(newServer, fx.fake.selfSignedCA("kpki-client-ca"))
 
 	// The running agent follows the rotation: the new CA chains to the one it trusted.
+	// It keeps the chain to its anchor, the old CA: new CA, cross-signed root, old CA.
 	res, err := a.RunOnce(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -516,6 +517,13 @@ func TestCrossSignedCARotation(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), "the cluster CA changed") {
 		t.Errorf("CA change not logged:\n%s", buf)
+	}
+	kept := pki.EncodeCerts(newServer.Cert, cross, oldServer.Cert)
+	if got := readFile(t, fx.path(ServerCAFile)); !bytes.Equal(got, kept) {
+		t.Errorf("%s holds %d certificates, want the chain new CA, cross-signed root, old CA", ServerCAFile, len(readCerts(t, fx.path(ServerCAFile))))
+	}
+	if crt := readFile(t, fx.path("serving-kubelet.crt")); !bytes.HasSuffix(crt, kept) {
+		t.Error("serving-kubelet.crt does not end with the kept chain")
 	}
 
 	// A restarted agent with the old token refuses the new CA.
@@ -527,16 +535,50 @@ func TestCrossSignedCARotation(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Errorf("restart with the old token: %v, want %q", err, want)
 	}
+
+	// With the new token (kpki's, the new root's hash, or the script's, the first
+	// certificate's), the agent keeps the chain to the certificate the token names.
+	for _, tc := range []struct {
+		hash  string
+		chain []byte
+	}{
+		{newHash, pki.EncodeCerts(newServer.Cert, newRoot.Cert)},
+		{sha256Hex(newServer.Cert.Raw), pki.EncodeCerts(newServer.Cert)},
+	} {
+		fx.cfg.Token = token.Format(tc.hash, "node", agentPassword)
+		c, _ := fx.agent()
+		res, err := c.RunOnce(context.Background())
+		if err != nil {
+			t.Fatalf("new token %s: %v", tc.hash, err)
+		}
+		if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), tc.chain) {
+			t.Errorf("new token %s: %s is not the chain to the certificate it names", tc.hash, ServerCAFile)
+		}
+		if res.Signed() != 0 || !slices.Equal(res.Rebundled, []string{fx.path("serving-kubelet.crt")}) {
+			t.Errorf("new token %s: %+v, want serving-kubelet.crt rebundled and nothing signed", tc.hash, res)
+		}
+	}
 }
 
+func sha256Hex(b []byte) string {
+	s := sha256.Sum256(b)
+	return fmt.Sprintf("%x", s[:])
+}
+
+// TestUnrelatedNewCARefusedByRunningAgent: the server now presents a certificate of a
+// CA that does not chain to the agent's anchor. The TLS handshake of the later /cacerts
+// fetch fails: no request reaches the server and no file changes.
 func TestUnrelatedNewCARefusedByRunningAgent(t *testing.T) {
 	fx := newFixture(t)
 	a, _ := fx.join()
 	fx.fake.setCAs(fx.fake.selfSignedCA("kpki-server-ca"), fx.fake.selfSignedCA("kpki-client-ca"))
 	before := snapshot(t, fx.dd)
 	_, err := a.RunOnce(context.Background())
-	if err == nil || !strings.HasPrefix(err.Error(), "token CA hash does not match the Cluster CA certificate hash: ") {
-		t.Fatalf("got %v, want a hash mismatch", err)
+	if err == nil || !strings.Contains(err.Error(), "presented a certificate that the cluster CA did not sign") || !strings.Contains(err.Error(), "kpki token show") {
+		t.Fatalf("got %v, want a refused server certificate and the way out", err)
+	}
+	if rs := fx.fake.takeRequests(); len(rs) != 0 {
+		t.Errorf("%d requests reached a server whose certificate the agent does not trust: %+v", len(rs), rs)
 	}
 	assertUnchanged(t, "refused CA", before, snapshot(t, fx.dd))
 }
@@ -555,7 +597,7 @@ func TestHashMismatchRefusedBeforeCredentials(t *testing.T) {
 		t.Fatalf("got %v, want %q", err, want)
 	}
 	for _, r := range fx.fake.takeRequests() {
-		if r.Authorized || r.Path != PathCACerts || r.Header.Get(api.HeaderNodePassword) != "" {
+		if r.Authorized || r.Path != api.PathCACerts || r.Header.Get(api.HeaderNodePassword) != "" {
 			t.Errorf("request %s %s sent credentials (authorized %v) before the CA was checked", r.Method, r.Path, r.Authorized)
 		}
 	}
@@ -612,7 +654,7 @@ func TestRefusals(t *testing.T) {
 	})
 	t.Run("forbidden on a later leaf", func(t *testing.T) {
 		fx := newFixture(t)
-		fx.fake.failWith(SignPath("client-kube-proxy"), http.StatusBadRequest, "unsupported key type")
+		fx.fake.failWith(api.SignPath("client-kube-proxy"), http.StatusBadRequest, "unsupported key type")
 		a, _ := fx.agent()
 		_, err := a.RunOnce(context.Background())
 		if err == nil || !strings.Contains(err.Error(), "POST /v1-kpki/client-kube-proxy.crt") || !strings.Contains(err.Error(), "unsupported key type (server error id ") {
@@ -830,7 +872,7 @@ func TestServerCAEndpointsDisagree(t *testing.T) {
 	a, _ := fx.agent()
 	other := fx.fake.selfSignedCA("other")
 	current, _ := fx.fake.cas()
-	fx.fake.override(PathServerCA, func(w http.ResponseWriter, r *http.Request) {
+	fx.fake.override(api.PathServerCA, func(w http.ResponseWriter, r *http.Request) {
 		w.Write(append(append([]byte{}, current.BundlePEM...), other.BundlePEM...))
 	})
 	_, err := a.RunOnce(context.Background())

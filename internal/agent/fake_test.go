@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -89,6 +90,7 @@ func newFakeServer(t *testing.T, clk clock.Clock) *fakeServer {
 	}))
 	mux.HandleFunc("POST /v1-kpki/{file}", f.auth(f.handleSign))
 	f.srv = httptest.NewUnstartedServer(f.record(mux))
+	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are what some tests do
 	f.srv.TLS = &tls.Config{
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			f.mu.Lock()
@@ -135,11 +137,30 @@ func (f *fakeServer) signedCA(parent *pki.CA, cn string, chain ...*x509.Certific
 // CA rotation would.
 func (f *fakeServer) setCAs(serverCA, clientCA *pki.CA) {
 	f.t.Helper()
+	f.setServing(serverCA)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.serverCA, f.clientCA = serverCA, clientCA
+}
+
+// impersonate makes the fake answer as an attacker on the network would: bundle at
+// /cacerts and /v1-kpki/server-ca.crt, and a serving certificate signed by signer.
+func (f *fakeServer) impersonate(bundle []byte, signer *pki.CA) {
+	f.t.Helper()
+	f.setServing(signer)
+	serve := func(w http.ResponseWriter, _ *http.Request) { w.Write(bundle) }
+	f.override(api.PathCACerts, serve)
+	f.override(api.PathServerCA, serve)
+}
+
+// setServing replaces the serving certificate with one signed by ca.
+func (f *fakeServer) setServing(ca *pki.CA) {
+	f.t.Helper()
 	key, err := f.caIss.NewECKey()
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	leaf, err := f.caIss.SignLeaf(serverCA, key.Public(), pki.LeafProfile{
+	leaf, err := f.caIss.SignLeaf(ca, key.Public(), pki.LeafProfile{
 		CommonName: "kpki", DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}, 365*24*time.Hour)
@@ -147,12 +168,11 @@ func (f *fakeServer) setCAs(serverCA, clientCA *pki.CA) {
 		f.t.Fatal(err)
 	}
 	chain := [][]byte{leaf.Raw}
-	for _, c := range serverCA.Bundle {
+	for _, c := range ca.Bundle {
 		chain = append(chain, c.Raw)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.serverCA, f.clientCA = serverCA, clientCA
 	f.serving = &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
 }
 
@@ -284,8 +304,8 @@ func (f *fakeServer) handleSign(w http.ResponseWriter, r *http.Request) {
 		fakeError(w, http.StatusNotFound, "no such endpoint")
 		return
 	}
-	if ct := r.Header.Get("Content-Type"); ct != ContentTypeCSR {
-		fakeError(w, http.StatusBadRequest, "content type "+ct+", want "+ContentTypeCSR)
+	if ct := r.Header.Get("Content-Type"); ct != api.ContentTypeCSR {
+		fakeError(w, http.StatusBadRequest, "content type "+ct+", want "+api.ContentTypeCSR)
 		return
 	}
 	node, nodePW := r.Header.Get(api.HeaderNodeName), r.Header.Get(api.HeaderNodePassword)

@@ -1,60 +1,53 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"crypto"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"strings"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/kubeconfig"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/token"
+	"github.com/kpki/kpki/internal/trust"
 )
 
 // fileMode is the mode of every file the agent writes.
 const fileMode fs.FileMode = 0o600
 
 // pass runs one join-or-renew pass. Nothing is written before the server has proved to
-// hold the pinned CA and has accepted the token.
+// hold the pinned CA (TLS verified against the trust anchor alone) and has accepted the
+// token; nothing secret is sent before that TLS is up.
 func (a *Agent) pass(ctx context.Context) (Result, error) {
 	var res Result
 
-	caPEM, err := a.fetchCACerts(ctx)
+	tr, err := a.fetchTrust(ctx)
 	if err != nil {
 		return res, err
 	}
-	caList, err := pki.ParseCerts(caPEM)
+	c, err := a.client(tr)
 	if err != nil {
 		return res, err
 	}
-	if err := a.acceptCA(caPEM, caList); err != nil {
-		return res, err
-	}
-	roots := x509.NewCertPool()
-	for _, c := range caList {
-		roots.AddCert(c)
-	}
-	h := a.newClient(roots)
-	defer h.close()
-	serverPEM, serverList, err := a.getBundle(ctx, h, PathServerCA)
+	defer c.Close()
+	_, serverList, err := a.getBundle(ctx, c, api.PathServerCA)
 	if err != nil {
 		return res, err
 	}
-	if !sameCerts(serverList, caList) {
-		return res, fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", h.base, PathCACerts, PathServerCA)
+	if !trust.SameCerts(serverList, tr.Served) {
+		return res, fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", c.BaseURL, api.PathCACerts, api.PathServerCA)
 	}
-	clientPEM, clientList, err := a.getBundle(ctx, h, PathClientCA)
+	clientPEM, clientList, err := a.getBundle(ctx, c, api.PathClientCA)
 	if err != nil {
 		return res, err
 	}
-	a.trusted = caPEM
+	a.acceptTrust(tr)
 
 	if err := a.takeLock(); err != nil {
 		return res, err
@@ -63,14 +56,16 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	// The server CA the node keeps is the verified chain to the anchor, never the other
+	// certificates of the served bundle.
 	cas := map[certs.CAID]*pki.CA{
-		certs.ServerCA: {Cert: serverList[0], Bundle: serverList, BundlePEM: serverPEM},
+		certs.ServerCA: tr.CA(),
 		certs.ClientCA: {Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM},
 	}
 	for _, f := range []struct {
 		name string
 		data []byte
-	}{{ServerCAFile, serverPEM}, {ClientCAFile, clientPEM}} {
+	}{{ServerCAFile, tr.PEM}, {ClientCAFile, clientPEM}} {
 		path := a.layout.Agent(f.name)
 		changed, err := datadir.WriteIfChanged(path, f.data, fileMode)
 		if err != nil {
@@ -90,7 +85,7 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 			errs = append(errs, fmt.Errorf("%s: signer %s is not a CA the agent fetches", l.Name, l.Signer))
 			continue
 		}
-		err := a.ensureLeaf(ctx, h, l, l.Profile(params), ca, pw, &res)
+		err := a.ensureLeaf(ctx, c, l, l.Profile(params), ca, pw, &res)
 		if err == nil {
 			continue
 		}
@@ -142,57 +137,6 @@ func caOfFile(name string) certs.CAID {
 	return certs.ClientCA
 }
 
-// acceptCA decides whether the bundle served at /cacerts is the cluster's. A bundle is
-// accepted when its hash is the token's; with a short token, on trust (with a warning).
-// After a pass of this process has succeeded, a bundle with another hash is also
-// accepted when it chains to the bundle trusted then (a cross-signed CA rotation).
-func (a *Agent) acceptCA(caPEM []byte, caList []*x509.Certificate) error {
-	hash, err := pki.CAHash(caPEM)
-	if err != nil {
-		return fmt.Errorf("the server at %s is not a kpki server: its CA bundle has no usable root: %v", a.base, err)
-	}
-	if a.trusted != nil {
-		oldHash, err := pki.CAHash(a.trusted)
-		if err == nil && oldHash == hash {
-			return nil
-		}
-		if a.tok.Secure() && hash == a.tok.CAHash {
-			return nil
-		}
-		old, err := pki.ParseCerts(a.trusted)
-		if err == nil && pki.ChainsTo(caList, old, a.clock.Now()) == nil {
-			a.log.Warn("the cluster CA changed and is signed by the CA this agent trusted; accepting it. Its hash is new: give the agent the new token (kpki token show on a server) before it restarts",
-				"old-hash", oldHash, "new-hash", hash)
-			return nil
-		}
-		if a.tok.Secure() {
-			return a.tok.CheckCAHash(hash)
-		}
-		return fmt.Errorf("the cluster CA changed (hash %s != %s) and the new one is not signed by the CA this agent trusted; restart the agent to accept it", oldHash, hash)
-	}
-	if a.tok.Secure() {
-		return a.tok.CheckCAHash(hash)
-	}
-	if !a.warnedShort {
-		a.warnedShort = true
-		a.log.Warn("the token does not pin the cluster CA (short token): trusting the CA the server presents; use the full token K10<hash>::<user>:<password> to pin it",
-			"server", a.base.String(), "ca-hash", hash)
-	}
-	return nil
-}
-
-func sameCerts(a, b []*x509.Certificate) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if !bytes.Equal(a[i].Raw, b[i].Raw) {
-			return false
-		}
-	}
-	return true
-}
-
 // ensureNodePassword reads <dd>/agent/node-password, creating it on the first join.
 func (a *Agent) ensureNodePassword(res *Result) (string, error) {
 	path := a.layout.Agent(NodePasswordFile)
@@ -238,7 +182,7 @@ func (e *planError) Error() string { return e.err.Error() }
 func (e *planError) Unwrap() error { return e.err }
 
 // ensureLeaf plans one leaf and has the server sign it when it is due.
-func (a *Agent) ensureLeaf(ctx context.Context, h *httpClient, l certs.Leaf, want pki.LeafProfile, ca *pki.CA, nodePassword string, res *Result) error {
+func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, want pki.LeafProfile, ca *pki.CA, nodePassword string, res *Result) error {
 	crt, kf := a.leafFiles(l)
 	certPEM, err := datadir.ReadOptional(crt)
 	if err != nil {
@@ -287,13 +231,13 @@ func (a *Agent) ensureLeaf(ctx context.Context, h *httpClient, l certs.Leaf, wan
 	if err != nil {
 		return err
 	}
-	body, err := a.sign(ctx, h, l.Name, nodePassword, csr)
+	body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
 	if err != nil {
 		return err
 	}
 	leaf, err := CheckReply(body, key.Public(), ca)
 	if err != nil {
-		return fmt.Errorf("POST %s at %s: %w", SignPath(l.Name), h.base, err)
+		return fmt.Errorf("POST %s at %s: %w", api.SignPath(l.Name), c.BaseURL, err)
 	}
 	file := certs.BuildCertFile(leaf, ca)
 	if err := datadir.WritePair(crt, file, kf, keyOut); err != nil {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -12,6 +13,9 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kpki/kpki/internal/trust"
 )
 
 const (
@@ -22,6 +26,21 @@ const (
 // serverCAPEM is the PEM of the certificate an httptest TLS server presents.
 func serverCAPEM(ts *httptest.Server) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw})
+}
+
+// tsTrust is the trust of the certificate an httptest TLS server presents.
+func tsTrust(t *testing.T, ts *httptest.Server) *trust.Trust {
+	t.Helper()
+	return pemTrust(t, serverCAPEM(ts))
+}
+
+func pemTrust(t *testing.T, pemBytes []byte) *trust.Trust {
+	t.Helper()
+	tr, err := trust.Local(pemBytes, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
 }
 
 // closedURL returns an https URL of a loopback port nobody listens on.
@@ -37,13 +56,13 @@ func closedURL(t *testing.T) string {
 }
 
 func TestNewClient(t *testing.T) {
-	ts := httptest.NewTLSServer(http.NotFoundHandler())
+	ts := httptest.NewTLSServer(http.HandlerFunc(echo))
 	defer ts.Close()
-	ca := serverCAPEM(ts)
+	ca := tsTrust(t, ts)
 	tests := []struct {
 		name    string
 		url     string
-		ca      []byte
+		ca      *trust.Trust
 		wantURL string
 		wantErr string
 	}{
@@ -57,8 +76,7 @@ func TestNewClient(t *testing.T) {
 		{name: "path only", url: "https:///v1-kpki", ca: ca, wantErr: "must look like https://host:port"},
 		{name: "unparsable", url: "https://10.0.0.1:port", ca: ca, wantErr: "must look like https://host:port"},
 		{name: "empty", url: "", ca: ca, wantErr: "must look like https://host:port"},
-		{name: "no CA", url: "https://10.0.0.1:9345", ca: nil, wantErr: "no CA certificate to verify the server with"},
-		{name: "CA not PEM", url: "https://10.0.0.1:9345", ca: []byte("<html>hello</html>"), wantErr: "no CA certificate to verify the server with"},
+		{name: "no CA", url: "https://10.0.0.1:9345", ca: nil, wantErr: "no cluster CA to verify the server with"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,10 +93,24 @@ func TestNewClient(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.BaseURL != tc.wantURL || c.User != testUser || c.Password != testPassword || c.HTTP == nil {
+			if c.BaseURL != tc.wantURL || c.Trust() != tc.ca {
 				t.Errorf("client %+v", c)
 			}
 		})
+	}
+
+	// A client without trust cannot carry credentials, and sends nothing but GET /cacerts.
+	if _, err := New(Config{URL: ts.URL, User: testUser, Password: testPassword}); err == nil || !strings.Contains(err.Error(), "credentials are only sent over verified TLS") {
+		t.Errorf("New without trust, with credentials: %v", err)
+	}
+	c, err := New(Config{URL: ts.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []Request{{Method: http.MethodGet, Path: PathServerBootstrap}, {Method: http.MethodPost, Path: PathCACerts}, {Method: http.MethodGet, Path: PathCACerts}} {
+		if _, err := c.Send(context.Background(), r); err == nil || !strings.Contains(err.Error(), "is not verified yet") {
+			t.Errorf("unverified client, %s %s: %v", r.Method, r.Path, err)
+		}
 	}
 }
 
@@ -131,19 +163,19 @@ func TestClientDoSuccess(t *testing.T) {
 		{name: "PUT with body and query", baseURL: ts.URL, method: http.MethodPut, path: PathRotateCA,
 			query: url.Values{"force": {"true"}, "dry-run": {"false"}}, in: echoIn{Name: "server-ca", Count: 2},
 			wantQuery: "dry-run=false&force=true", wantBody: &echoIn{Name: "server-ca", Count: 2}},
-		{name: "GET without body", baseURL: ts.URL, method: http.MethodGet, path: "/v1-kpki/server-bootstrap"},
+		{name: "GET without body", baseURL: ts.URL, method: http.MethodGet, path: PathServerBootstrap},
 		{name: "token rotate", baseURL: ts.URL + "/", method: http.MethodPut, path: PathTokenRotate,
 			in: TokenRotateRequest{Token: "secret"}, wantBody: &echoIn{}},
 		{name: "empty query", baseURL: ts.URL, method: http.MethodGet, path: "/v1-kpki/x", query: url.Values{}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := NewClient(tc.baseURL, serverCAPEM(ts), testUser, testPassword)
+			c, err := NewClient(tc.baseURL, tsTrust(t, ts), testUser, testPassword)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var out echoOut
-			if err := c.Do(tc.method, tc.path, tc.query, tc.in, &out); err != nil {
+			if err := c.Do(context.Background(), tc.method, tc.path, tc.query, tc.in, &out); err != nil {
 				t.Fatalf("Do: %v", err)
 			}
 			if out.Method != tc.method || out.Path != tc.path || out.Query != tc.wantQuery {
@@ -175,11 +207,11 @@ func TestClientDoSuccess(t *testing.T) {
 func TestClientDoNilOutput(t *testing.T) {
 	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
 	defer ts.Close()
-	c, err := NewClient(ts.URL, serverCAPEM(ts), testUser, testPassword)
+	c, err := NewClient(ts.URL, tsTrust(t, ts), testUser, testPassword)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Do(http.MethodPut, PathTokenRotate, nil, TokenRotateRequest{}, nil); err != nil {
+	if err := c.Do(context.Background(), http.MethodPut, PathTokenRotate, nil, TokenRotateRequest{}, nil); err != nil {
 		t.Errorf("Do with a 204 answer and no output: %v", err)
 	}
 }
@@ -255,12 +287,12 @@ func TestClientDoErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := httptest.NewTLSServer(tc.handler)
 			defer ts.Close()
-			c, err := NewClient(ts.URL, serverCAPEM(ts), testUser, testPassword)
+			c, err := NewClient(ts.URL, tsTrust(t, ts), testUser, testPassword)
 			if err != nil {
 				t.Fatal(err)
 			}
 			var out TokenRotateResponse
-			err = c.Do(http.MethodPut, PathTokenRotate, nil, TokenRotateRequest{}, &out)
+			err = c.Do(context.Background(), http.MethodPut, PathTokenRotate, nil, TokenRotateRequest{}, &out)
 			if err == nil {
 				t.Fatalf("Do succeeded with %+v", out)
 			}
@@ -291,6 +323,7 @@ func TestClientDoErrors(t *testing.T) {
 
 func TestClientDoTransportErrors(t *testing.T) {
 	otherCA, _, _ := caBundles(t)
+	other := pemTrust(t, otherCA)
 	ts := httptest.NewUnstartedServer(http.HandlerFunc(echo))
 	ts.Config.ErrorLog = log.New(io.Discard, "", 0)
 	ts.StartTLS()
@@ -299,14 +332,14 @@ func TestClientDoTransportErrors(t *testing.T) {
 	tests := []struct {
 		name    string
 		baseURL string
-		ca      []byte
+		ca      *trust.Trust
 		in      any
 		wantMsg []string
 	}{
-		{name: "unreachable server", baseURL: dead, ca: serverCAPEM(ts), wantMsg: []string{"cannot reach the kpki server at " + dead}},
-		{name: "server certificate from another CA", baseURL: ts.URL, ca: otherCA,
-			wantMsg: []string{"cannot reach the kpki server at " + ts.URL, "certificate"}},
-		{name: "input that is not JSON", baseURL: ts.URL, ca: serverCAPEM(ts), in: map[string]any{"c": make(chan int)},
+		{name: "unreachable server", baseURL: dead, ca: tsTrust(t, ts), wantMsg: []string{"cannot reach the kpki server at " + dead}},
+		{name: "server certificate from another CA", baseURL: ts.URL, ca: other,
+			wantMsg: []string{"the server at " + ts.URL + " presented a certificate that the cluster CA did not sign"}},
+		{name: "input that is not JSON", baseURL: ts.URL, ca: tsTrust(t, ts), in: map[string]any{"c": make(chan int)},
 			wantMsg: []string{"json"}},
 	}
 	for _, tc := range tests {
@@ -316,7 +349,7 @@ func TestClientDoTransportErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			var out echoOut
-			err = c.Do(http.MethodPut, PathTokenRotate, nil, tc.in, &out)
+			err = c.Do(context.Background(), http.MethodPut, PathTokenRotate, nil, tc.in, &out)
 			if err == nil {
 				t.Fatal("Do succeeded")
 			}

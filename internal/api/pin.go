@@ -1,49 +1,79 @@
 package api
 
 import (
-	"crypto/tls"
+	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
-	"time"
 
-	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/token"
+	"github.com/kpki/kpki/internal/trust"
 )
 
-// FetchPinnedCA downloads the cluster CA bundle from baseURL/cacerts without verifying
-// the server (nothing secret is sent), and checks it against the token's CA hash. A
-// short token pins nothing: the bundle is returned with pinned == false.
-func FetchPinnedCA(baseURL string, t token.Token) (bundle []byte, pinned bool, err error) {
-	c := &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			InsecureSkipVerify: true, //nolint:gosec // the bundle is checked against the token's hash below
-		}},
+// FetchOptions tune how the cluster CA is fetched.
+type FetchOptions struct {
+	// Transport is cloned for the connection; nil: http.DefaultTransport.
+	Transport *http.Transport
+	// Clock is the time chains are verified at; nil: the wall clock.
+	Clock clock.Clock
+}
+
+func (o FetchOptions) now() clock.Clock {
+	if o.Clock == nil {
+		return clock.Real{}
 	}
-	u := strings.TrimRight(baseURL, "/") + "/cacerts"
-	resp, err := c.Get(u)
+	return o.Clock
+}
+
+// FetchPinnedCA is a node's first contact with the supervisor at baseURL (SPEC §9): it
+// GETs /cacerts without verifying the server, sending nothing secret, and returns the
+// trust the token names in the answer (trust.Pin). Everything the node sends afterwards
+// goes over TLS verified against that trust alone (New with Config.Trust).
+func FetchPinnedCA(ctx context.Context, baseURL string, tok token.Token, o FetchOptions) (*trust.Trust, error) {
+	c, err := New(Config{URL: baseURL, Transport: o.Transport, MaxReply: 1 << 20})
 	if err != nil {
-		return nil, false, fmt.Errorf("cannot reach the kpki server at %s: %w", baseURL, err)
+		return nil, err
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	defer c.Close()
+	body, err := c.CACerts(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("read %s: %w", u, err)
+		return nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, false, fmt.Errorf("%s answered %s: not a kpki server?", u, resp.Status)
-	}
-	hash, err := pki.CAHash(body)
+	tr, err := trust.Pin(body, tok, o.now().Now())
 	if err != nil {
-		return nil, false, fmt.Errorf("%s did not answer with CA certificates (%v): not a kpki server?", u, err)
+		return nil, c.trustError(err)
 	}
-	if t.CAHash == "" {
-		return body, false, nil
+	return tr, nil
+}
+
+// FollowCA is a later fetch of /cacerts over TLS verified against the client's trust:
+// it returns the trust to use from now on (trust.Follow), which is the client's own
+// when the CA did not change.
+func (c *Client) FollowCA(ctx context.Context, tok token.Token, clk clock.Clock) (*trust.Trust, error) {
+	if c.cfg.Trust == nil {
+		return nil, errors.New("FollowCA needs a client that verifies the server")
 	}
-	if err := t.CheckCAHash(hash); err != nil {
-		return nil, false, err
+	body, err := c.CACerts(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return body, true, nil
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	tr, err := c.cfg.Trust.Follow(body, tok, clk.Now())
+	if err != nil {
+		return nil, c.trustError(err)
+	}
+	return tr, nil
+}
+
+func (c *Client) trustError(err error) error {
+	switch {
+	case errors.Is(err, token.ErrCAHashMismatch):
+		return err
+	case errors.Is(err, trust.ErrNotCA):
+		return fmt.Errorf("the server at %s is not a kpki server: GET %s did not return PEM certificates of a CA (%w)", c.BaseURL, PathCACerts, err)
+	}
+	return fmt.Errorf("the CA bundle served by %s at %s: %w", c.BaseURL, PathCACerts, err)
 }

@@ -8,8 +8,10 @@ import (
 
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/token"
+	"github.com/kpki/kpki/internal/trust"
 )
 
 // DefaultServerURL is the supervisor the client subcommands talk to by default.
@@ -20,7 +22,8 @@ func serverURLFlag(cmd *cobra.Command, p *string) {
 }
 
 // serverClient authenticates as `server` with the token of <dataDir>/server/token and
-// trusts the server CA of that data dir.
+// verifies the server against the server CA of that data dir: the root its first
+// certificate reaches is the only anchor (trust.Local).
 func serverClient(dataDir, url string) (*api.Client, error) {
 	l := datadir.Layout{Root: dataDir}
 	raw, err := os.ReadFile(l.TokenFile())
@@ -35,5 +38,9 @@ func serverClient(dataDir, url string) (*api.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the server CA: %w", err)
 	}
-	return api.NewClient(url, ca, "server", t.Password)
+	tr, err := trust.Local(ca, clock.Real{}.Now())
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.TLS(certs.CA(certs.ServerCA).CertFile), err)
+	}
+	return api.NewClient(url, tr, "server", t.Password)
 }

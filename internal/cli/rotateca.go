@@ -77,7 +77,6 @@ func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string
 	if err != nil {
 		return err
 	}
-	withContext(ctx, c)
 	q := url.Values{}
 	if force {
 		q.Set("force", "true")
@@ -86,7 +85,8 @@ func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string
 		q.Set("dry-run", "true")
 	}
 	var resp api.RotateCAResponse
-	err = c.Do(http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
+	defer c.Close()
+	err = c.Do(ctx, http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
 	if ctx.Err() != nil {
 		return fmt.Errorf("rotate-ca interrupted before the server answered: a rotation the server already received may still be saved; run it again with --dry-run to see (\"nothing to rotate\" if it was)")
 	}
@@ -145,46 +145,4 @@ func readStaged(dir string) (map[string][]byte, error) {
 		}
 		return b, err
 	})
-}
-
-// withContext makes every request of c carry ctx, so that an interrupt aborts a
-// connection attempt or a wait for the answer at once.
-func withContext(ctx context.Context, c *api.Client) {
-	next := c.HTTP.Transport
-	if next == nil {
-		next = http.DefaultTransport
-	}
-	c.HTTP.Transport = ctxTransport{ctx: ctx, next: next}
-}
-
-// ctxTransport adds the cancellation of ctx to each request's own context (which
-// carries the client's timeout).
-type ctxTransport struct {
-	ctx  context.Context
-	next http.RoundTripper
-}
-
-func (t ctxTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(r.Context())
-	stop := context.AfterFunc(t.ctx, cancel)
-	done := func() { stop(); cancel() }
-	resp, err := t.next.RoundTrip(r.WithContext(ctx))
-	if err != nil {
-		done()
-		return nil, err
-	}
-	resp.Body = &doneBody{ReadCloser: resp.Body, done: done}
-	return resp, nil
-}
-
-// doneBody releases the request's context when the answer is closed.
-type doneBody struct {
-	io.ReadCloser
-	done func()
-}
-
-func (b *doneBody) Close() error {
-	err := b.ReadCloser.Close()
-	b.done()
-	return err
 }

@@ -78,7 +78,8 @@ be restarted with the new token; agents keep their token.`,
 				return err
 			}
 			var resp api.TokenRotateResponse
-			if err := c.Do(http.MethodPut, api.PathTokenRotate, nil, api.TokenRotateRequest{Token: newToken}, &resp); err != nil {
+			defer c.Close()
+			if err := c.Do(cmd.Context(), http.MethodPut, api.PathTokenRotate, nil, api.TokenRotateRequest{Token: newToken}, &resp); err != nil {
 				return fmt.Errorf("token rotate: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "token rotated; restart the other servers with the new token\nserver token: %s\n", resp.Token)

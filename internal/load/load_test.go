@@ -286,12 +286,12 @@ func (s *kpkiServer) signAs(t *testing.T, c *http.Client, tok token.Token, node,
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, err := http.NewRequest(http.MethodPost, s.url+agent.SignPath(DefaultCert), bytes.NewReader(csr))
+	req, err := http.NewRequest(http.MethodPost, s.url+api.SignPath(DefaultCert), bytes.NewReader(csr))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.SetBasicAuth(tok.Username, tok.Password)
-	req.Header.Set("Content-Type", agent.ContentTypeCSR)
+	req.Header.Set("Content-Type", api.ContentTypeCSR)
 	req.Header.Set(api.HeaderNodeName, node)
 	req.Header.Set(api.HeaderNodePassword, pw)
 	resp, err := c.Do(req)

@@ -6,8 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -26,6 +24,7 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/token"
+	"github.com/kpki/kpki/internal/trust"
 )
 
 const (
@@ -87,14 +86,16 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 
-	bundle, err := fetchPinnedCA(ctx, tgt, tok)
+	// The CA is fetched from the checked loopback address; every later connection is
+	// verified against the anchor the token names, for the URL's host name.
+	tr, err := api.FetchPinnedCA(ctx, tgt.pinnedBase(), tok, api.FetchOptions{})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("stopped while fetching %s%s: %w", tgt.pinnedBase(), api.PathCACerts, err)
+		}
 		return nil, err
 	}
-	r.client, err = newClient(tgt, bundle, cfg)
-	if err != nil {
-		return nil, err
-	}
+	r.client = newClient(tgt, tr, cfg)
 	defer r.client.CloseIdleConnections()
 	if err := r.checkCredentials(ctx); err != nil {
 		return nil, err
@@ -138,26 +139,6 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	return rep, nil
 }
 
-// fetchPinnedCA is api.FetchPinnedCA on the checked loopback address, given up when ctx
-// ends.
-func fetchPinnedCA(ctx context.Context, tgt target, tok token.Token) ([]byte, error) {
-	type pinned struct {
-		bundle []byte
-		err    error
-	}
-	ch := make(chan pinned, 1)
-	go func() {
-		b, _, err := api.FetchPinnedCA(tgt.pinnedBase(), tok)
-		ch <- pinned{b, err}
-	}()
-	select {
-	case p := <-ch:
-		return p.bundle, p.err
-	case <-ctx.Done():
-		return nil, fmt.Errorf("stopped while fetching %s/cacerts: %w", tgt.pinnedBase(), ctx.Err())
-	}
-}
-
 // stopReason names why ctx ended, or "" while it is live.
 func stopReason(ctx context.Context) string {
 	switch {
@@ -169,11 +150,7 @@ func stopReason(ctx context.Context) string {
 	return ""
 }
 
-func newClient(tgt target, bundle []byte, cfg Config) (*http.Client, error) {
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(bundle) {
-		return nil, errors.New("the pinned CA bundle holds no certificate")
-	}
+func newClient(tgt target, ca *trust.Trust, cfg Config) *http.Client {
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	tr := &http.Transport{
 		// Every connection goes to the checked loopback addresses, whatever the URL says.
@@ -188,7 +165,7 @@ func newClient(tgt target, bundle []byte, cfg Config) (*http.Client, error) {
 			}
 			return nil, last
 		},
-		TLSClientConfig:     &tls.Config{RootCAs: pool, ServerName: tgt.host, MinVersion: tls.VersionTLS12},
+		TLSClientConfig:     ca.TLSConfig(tgt.host),
 		TLSHandshakeTimeout: 10 * time.Second,
 		ForceAttemptHTTP2:   true,
 		DisableKeepAlives:   !cfg.KeepAlive,
@@ -200,7 +177,7 @@ func newClient(tgt target, bundle []byte, cfg Config) (*http.Client, error) {
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
-	}, nil
+	}
 }
 
 // answer is a response read in full.
@@ -224,7 +201,7 @@ func (r *runner) do(req *http.Request) (answer, error) {
 }
 
 func (r *runner) ping(ctx context.Context) (answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.tgt.base+"/ping", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.tgt.base+api.PathPing, nil)
 	if err != nil {
 		return answer{}, err
 	}
@@ -232,12 +209,12 @@ func (r *runner) ping(ctx context.Context) (answer, error) {
 }
 
 func (r *runner) sign(ctx context.Context, n node) (answer, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.tgt.base+agent.SignPath(r.leaf.Name), bytes.NewReader(n.csr))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.tgt.base+api.SignPath(r.leaf.Name), bytes.NewReader(n.csr))
 	if err != nil {
 		return answer{}, err
 	}
 	req.SetBasicAuth(r.user, r.pw)
-	req.Header.Set("Content-Type", agent.ContentTypeCSR)
+	req.Header.Set("Content-Type", api.ContentTypeCSR)
 	req.Header.Set(api.HeaderNodeName, n.name)
 	req.Header.Set(api.HeaderNodePassword, n.password)
 	return r.do(req)
@@ -246,9 +223,9 @@ func (r *runner) sign(ctx context.Context, n node) (answer, error) {
 // checkCredentials fetches the signing CA's bundle with the token's credentials, so that
 // a refused token is one clear error rather than a run of 401s.
 func (r *runner) checkCredentials(ctx context.Context) error {
-	path := agent.PathClientCA
+	path := api.PathClientCA
 	if r.leaf.Signer == certs.ServerCA {
-		path = agent.PathServerCA
+		path = api.PathServerCA
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.tgt.base+path, nil)
 	if err != nil {

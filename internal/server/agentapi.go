@@ -32,14 +32,14 @@ func (s *Server) registerAgentAPI() {
 	both := []supervisor.Role{supervisor.RoleServer, supervisor.RoleAgent}
 	for _, l := range certs.Select(certs.AgentNode, nil) {
 		leaf := l
-		s.sup.Handle("POST /v1-kpki/"+leaf.Name+".crt", s.sup.Require(func(w http.ResponseWriter, r *http.Request) {
+		s.sup.Handle("POST "+api.SignPath(leaf.Name), s.sup.Require(func(w http.ResponseWriter, r *http.Request) {
 			s.handleSign(w, r, leaf)
 		}, both...))
 	}
-	s.sup.Handle("GET /v1-kpki/server-ca.crt", s.sup.Require(s.caHandler(certs.ServerCA), both...))
-	s.sup.Handle("GET /v1-kpki/client-ca.crt", s.sup.Require(s.caHandler(certs.ClientCA), both...))
-	s.sup.Handle("GET /v1-kpki/server-bootstrap", s.sup.Require(s.handleServerBootstrap, supervisor.RoleServer))
-	s.sup.Handle("GET /v1-kpki/etcd-members", s.sup.Require(s.handleEtcdMembers, supervisor.RoleServer))
+	s.sup.Handle("GET "+api.PathServerCA, s.sup.Require(s.caHandler(certs.ServerCA), both...))
+	s.sup.Handle("GET "+api.PathClientCA, s.sup.Require(s.caHandler(certs.ClientCA), both...))
+	s.sup.Handle("GET "+api.PathServerBootstrap, s.sup.Require(s.handleServerBootstrap, supervisor.RoleServer))
+	s.sup.Handle("GET "+api.PathEtcdMembers, s.sup.Require(s.handleEtcdMembers, supervisor.RoleServer))
 }
 
 func (s *Server) caHandler(id certs.CAID) http.HandlerFunc {

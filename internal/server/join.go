@@ -20,22 +20,25 @@ import (
 )
 
 // joinCluster is a new server's first start with --server: take the cluster's bootstrap
-// data from that server (over TLS pinned by the token's CA hash), issue this node's own
-// leaves, add this node to the etcd cluster and start its member.
+// data from that server (over TLS verified against the CA the token's hash names, alone),
+// issue this node's own leaves, add this node to the etcd cluster and start its member.
 func (s *Server) joinCluster(ctx context.Context) error {
-	bundle, pinned, err := api.FetchPinnedCA(s.cfg.ServerURL, s.tok)
+	// First contact: /cacerts unverified, pinned with the token; then only TLS verified
+	// against the anchor the token names, before the token's password is sent.
+	tr, err := api.FetchPinnedCA(ctx, s.cfg.ServerURL, s.tok, api.FetchOptions{Clock: s.clock})
 	if err != nil {
 		return err
 	}
-	if !pinned {
+	if !tr.Pinned {
 		s.log.Warn("the token holds no CA hash, so the server's CA is not pinned; use the full K10 token from the first server's token file")
 	}
-	c, err := api.NewClient(s.cfg.ServerURL, bundle, "server", s.tok.Password)
+	c, err := api.NewClient(s.cfg.ServerURL, tr, "server", s.tok.Password)
 	if err != nil {
 		return err
 	}
+	defer c.Close()
 	var raw json.RawMessage
-	if err := c.Do(http.MethodGet, "/v1-kpki/server-bootstrap", nil, nil, &raw); err != nil {
+	if err := c.Do(ctx, http.MethodGet, api.PathServerBootstrap, nil, nil, &raw); err != nil {
 		return fmt.Errorf("fetch bootstrap data from %s: %w", s.cfg.ServerURL, err)
 	}
 	rec, err := bootstrap.ParseRecord(raw)
@@ -43,7 +46,7 @@ func (s *Server) joinCluster(ctx context.Context) error {
 		return fmt.Errorf("bootstrap data from %s: %w", s.cfg.ServerURL, err)
 	}
 	var members []EtcdMember
-	if err := c.Do(http.MethodGet, "/v1-kpki/etcd-members", nil, nil, &members); err != nil {
+	if err := c.Do(ctx, http.MethodGet, api.PathEtcdMembers, nil, nil, &members); err != nil {
 		return fmt.Errorf("list etcd members at %s: %w", s.cfg.ServerURL, err)
 	}
 	peerURL := s.etcdConfig().PeerURL()

@@ -113,13 +113,25 @@ func issuedCount(s *kpkiServer) int { return strings.Count(s.Stderr(), "issued n
 // assertAgentFiles checks every file of a joined agent data dir against the server's CAs.
 func assertAgentFiles(t *testing.T, s *kpkiServer, dd string, nodeIPs ...string) {
 	t.Helper()
+	assertAgentFilesKeeping(t, s, dd, nil, nodeIPs...)
+}
+
+// assertAgentFilesKeeping is assertAgentFiles for an agent that keeps serverChain of the
+// server's server-ca.crt (the chain from its first certificate to the anchor the token
+// names); nil: the whole file, byte for byte.
+func assertAgentFilesKeeping(t *testing.T, s *kpkiServer, dd string, serverChain []*x509.Certificate, nodeIPs ...string) {
+	t.Helper()
 	ad := filepath.Join(dd, "agent")
 	if m := fileMode(t, ad).Perm(); m != 0o700 {
 		t.Errorf("%s mode %v, want 0700", ad, m)
 	}
 	for _, ca := range []string{"server-ca.crt", "client-ca.crt"} {
-		if !bytes.Equal(readFile(t, filepath.Join(ad, ca)), readFile(t, filepath.Join(s.TLSDir(), ca))) {
-			t.Errorf("agent %s differs from the server's", ca)
+		want := readFile(t, filepath.Join(s.TLSDir(), ca))
+		if ca == "server-ca.crt" && serverChain != nil {
+			want = certsPEM(serverChain...)
+		}
+		if !bytes.Equal(readFile(t, filepath.Join(ad, ca)), want) {
+			t.Errorf("agent %s is not the expected chain", ca)
 		}
 	}
 	pw := readFile(t, filepath.Join(ad, "node-password"))
@@ -143,8 +155,12 @@ func assertAgentFiles(t *testing.T, s *kpkiServer, dd string, nodeIPs ...string)
 		if l.name == "serving-kubelet" {
 			signer = "server-ca.crt"
 		}
-		if !sameCerts(list[1:], readCerts(t, filepath.Join(s.TLSDir(), signer))) {
-			t.Errorf("%s: the bundle after the leaf is not %s", l.name, signer)
+		bundle := readCerts(t, filepath.Join(s.TLSDir(), signer))
+		if signer == "server-ca.crt" && serverChain != nil {
+			bundle = serverChain
+		}
+		if !sameCerts(list[1:], bundle) {
+			t.Errorf("%s: the bundle after the leaf is not the agent's %s", l.name, signer)
 		}
 		if err := list[0].CheckSignatureFrom(readCerts(t, filepath.Join(s.TLSDir(), signer))[0]); err != nil {
 			t.Errorf("%s not signed by %s: %v", l.name, signer, err)
@@ -459,8 +475,8 @@ func TestAgentLoopAndRotate(t *testing.T) {
 
 // TestAgentFollowsCARotation rotates the cluster CAs to cross-signed ones (cross-sign-ca,
 // rotate-ca, server restart) under a running agent: the agent accepts the new CAs because they
-// chain to the ones it trusted, and re-issues its leaves under them. A restarted agent needs
-// the new token: the old one no longer matches the CA hash.
+// chain to the one it trusted, keeps only that chain, and re-issues its leaves under them. A
+// restarted agent needs the new token: the old one no longer matches the CA hash.
 func TestAgentFollowsCARotation(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "kubectl")
@@ -491,14 +507,22 @@ func TestAgentFollowsCARotation(t *testing.T) {
 		t.Fatal("the agent token did not change with the root CA")
 	}
 
+	// The running agent keeps the chain from the new CA to the root it trusted:
+	// new CA, new root cross-signed by the old root, old root (never the new self-signed
+	// root, which its token does not name).
+	bundle := readCerts(t, filepath.Join(s.TLSDir(), "server-ca.crt"))
+	if len(bundle) != 4 {
+		t.Fatalf("server-ca.crt after cross-sign-ca holds %d certificates, want 4", len(bundle))
+	}
+	kept := []*x509.Certificate{bundle[0], bundle[2], bundle[3]}
 	p.waitFor(t, "leaves under the new CAs", func() bool {
 		for _, l := range agentLeafFiles {
-			ca := "client-ca.crt"
+			want := readFile(t, filepath.Join(s.TLSDir(), "client-ca.crt"))
 			if l.name == "serving-kubelet" {
-				ca = "server-ca.crt"
+				want = certsPEM(kept...)
 			}
 			crt, err := os.ReadFile(filepath.Join(dd, "agent", l.name+".crt"))
-			if err != nil || !bytes.HasSuffix(crt, readFile(t, filepath.Join(s.TLSDir(), ca))) {
+			if err != nil || !bytes.HasSuffix(crt, want) {
 				return false
 			}
 		}
@@ -508,14 +532,35 @@ func TestAgentFollowsCARotation(t *testing.T) {
 	if !strings.Contains(p.log(), "the cluster CA changed") {
 		t.Errorf("the agent did not log the CA change:\n%s", p.log())
 	}
-	assertAgentFiles(t, s, dd)
+	assertAgentFilesKeeping(t, s, dd, kept)
 
 	r := runAgentOnce(t, agentArgs(s, oldTok, dd)...)
 	assertFailure(t, r.code, r.stderr, "token CA hash does not match the Cluster CA certificate hash")
+
+	// The new token names the new root: the agent keeps new CA and new root, rewrites the
+	// bundle of serving-kubelet.crt and has nothing signed.
 	before, issued := hashTree(t, dd), issuedCount(s)
 	agentOK(t, agentArgs(s, newTok, dd)...)
-	assertTreeUnchanged(t, "agent pass with the new token", before, hashTree(t, dd))
+	if d := treeDiff(before, hashTree(t, dd)); !slices.Equal(changedPaths(d), []string{"agent/server-ca.crt", "agent/serving-kubelet.crt"}) {
+		t.Errorf("agent pass with the new token changed %v, want only agent/server-ca.crt and agent/serving-kubelet.crt", d)
+	}
 	if n := issuedCount(s) - issued; n != 0 {
 		t.Errorf("%d certificates signed for an agent already current", n)
 	}
+	assertAgentFilesKeeping(t, s, dd, bundle[:2])
+}
+
+// changedPaths are the paths of treeDiff lines "changed <path> (...)"; other lines are
+// returned whole.
+func changedPaths(diff []string) []string {
+	var out []string
+	for _, d := range diff {
+		if p, ok := strings.CutPrefix(d, "changed "); ok {
+			p, _, _ = strings.Cut(p, " ")
+			out = append(out, p)
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
 }

@@ -89,14 +89,8 @@ func CheckDatabase(dataDir string) error {
 	return nil
 }
 
-// StartEmbedded starts the member and waits until it serves, then connects to it.
-func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
-	if err := CheckDatabase(c.DataDir); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create etcd data dir %s: %w", c.DataDir, err)
-	}
+// embedConfig is the etcd configuration of the member with its TLS listeners.
+func (c EmbeddedConfig) embedConfig() (*embed.Config, error) {
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = c.DataDir
@@ -135,6 +129,21 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 			return nil, fmt.Errorf("create log dir: %w", err)
 		}
 		cfg.LogOutputs = []string{c.LogFile}
+	}
+	return cfg, nil
+}
+
+// StartEmbedded starts the member and waits until it serves, then connects to it.
+func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+	if err := CheckDatabase(c.DataDir); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create etcd data dir %s: %w", c.DataDir, err)
+	}
+	cfg, err := c.embedConfig()
+	if err != nil {
+		return nil, err
 	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -65,8 +65,16 @@ func (s *Server) startPKI(ctx context.Context) error {
 		return nil
 	}
 	if member {
+		found, err := s.reconcileLocal(ctx)
+		if err != nil {
+			return err
+		}
 		if missing := s.missingCAFiles(); len(missing) > 0 {
-			return fmt.Errorf("etcd data exists in %s but CA files are missing (%s): restore them from a backup, or remove %s to start a new cluster",
+			if found {
+				return fmt.Errorf("CA files are missing (%s) and the bootstrap data in this server's etcd member does not hold them: restore them from a backup",
+					strings.Join(missing, ", "))
+			}
+			return fmt.Errorf("etcd data exists in %s but holds no bootstrap data for this token, and CA files are missing (%s): start with the cluster's token, restore the files from a backup, or remove %s to start a new cluster",
 				s.layout.EtcdDir(), strings.Join(missing, ", "), s.layout.EtcdDir())
 		}
 	} else {
@@ -104,6 +112,56 @@ func (s *Server) startPKI(ctx context.Context) error {
 }
 
 func (s *Server) startEtcd(ctx context.Context) error { return s.startEtcdMember(ctx, false, "") }
+
+// reconcileLocal makes the disk match the bootstrap record held by this server's own etcd
+// member before anything is planned or signed, so that CA files or a service.key that are
+// missing come back and files that differ are refused or replaced as SPEC §6 says. The
+// member is started with no listener and needs no certificate file (see
+// datastore.StartLocal); its read is serializable, from its own copy of the data. A member
+// of a multi-member cluster may have missed a change made while it was down: the record is
+// read again from the cluster once the member has rejoined. It returns whether a record was
+// found.
+func (s *Server) reconcileLocal(ctx context.Context) (bool, error) {
+	local, err := datastore.StartLocal(ctx, s.etcdConfig())
+	if errors.Is(err, datastore.ErrNoLocalData) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer local.Close()
+	s.store = local.Store
+	defer func() { s.store = nil }()
+	if s.tok.Password == "" {
+		// Without --token and token file, the server password in cred/passwd is the token
+		// (ensurePasswd takes it the same way).
+		if data, err := datadir.ReadOptional(s.layout.PasswdFile()); err == nil && data != nil {
+			if pw, err := ParsePasswd(data); err == nil {
+				if srv, ok := pw.Find("server"); ok {
+					s.tok.Password = srv.Password
+				}
+			}
+		}
+	}
+	rec, _, err := s.readRecord(ctx)
+	if errors.Is(err, ErrDifferentToken) && local.Members > 1 && len(s.missingCAFiles()) == 0 {
+		// The record may have moved to this token's key (token rotate) while this member
+		// was down; the cluster answers once the member has rejoined.
+		s.log.Info("this etcd member holds no bootstrap data for the token; reading it from the cluster once the member has rejoined")
+		return false, nil
+	}
+	if err != nil || rec == nil {
+		return false, err
+	}
+	changed, err := s.applyRecord(rec)
+	if err != nil {
+		return false, err
+	}
+	if len(changed) > 0 {
+		s.log.Info("restored files from the bootstrap data in this server's etcd member", "files", changed)
+	}
+	return true, nil
+}
 
 // etcdConfig describes this server's embedded etcd member.
 func (s *Server) etcdConfig() datastore.EmbeddedConfig {

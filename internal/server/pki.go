@@ -50,6 +50,15 @@ func (s *Server) startPKI(ctx context.Context) error {
 		return nil
 	}
 
+	if s.cfg.ServerURL == "" {
+		gone, err := datastore.DiscardUnbootstrapped(s.layout.EtcdDir())
+		if err != nil {
+			return err
+		}
+		if gone {
+			s.log.Warn("removed an embedded etcd member whose first start was interrupted before it wrote anything; starting it anew", "dir", s.layout.EtcdDir())
+		}
+	}
 	member := s.hasEtcdMember()
 	if !member && s.cfg.ServerURL != "" {
 		if err := s.joinCluster(ctx); err != nil {

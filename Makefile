@@ -1,5 +1,5 @@
 # Test entry points; .ci/run runs `make test`.
-.PHONY: build test unit e2e lint
+.PHONY: build test unit e2e lint crash
 
 build:
 	go build -o kpki ./cmd/kpki
@@ -21,3 +21,13 @@ unit:
 # Go build cache, so only the first run pays the cold build (about 6 minutes).
 e2e:
 	cd test/kube && go test -count=1 -timeout 40m -v ./...
+
+# Crash injection: kpki killed with SIGKILL at random instants of start-up, renewal, rotate,
+# rotate-ca, token rotate, agent join and agent renewal, then restarted and checked
+# (test/e2e/crash_test.go). The unit run takes a small sample; this takes CRASHES of them.
+# KPKI_CRASH_SEED=<n> repeats a run.
+CRASHES ?= 210
+crash:
+	@log=$$(mktemp /tmp/kpki-crash.XXXXXX); echo "full log: $$log"; \
+	KPKI_CRASH_N=$(CRASHES) go test -count=1 -timeout 90m -run '^TestCrash$$' -v ./test/e2e/ >$$log 2>&1; rc=$$?; \
+	grep -E 'crash injection|crashes injected|^ *--- |^(FAIL|ok)' $$log; exit $$rc

@@ -50,6 +50,15 @@ func (s *Server) startPKI(ctx context.Context) error {
 		return nil
 	}
 
+	if s.cfg.ServerURL == "" {
+		gone, err := datastore.DiscardUnbootstrapped(s.layout.EtcdDir())
+		if err != nil {
+			return err
+		}
+		if gone {
+			s.log.Warn("removed an embedded etcd member whose first start was interrupted before it wrote anything; starting it anew", "dir", s.layout.EtcdDir())
+		}
+	}
 	member := s.hasEtcdMember()
 	if !member && s.cfg.ServerURL != "" {
 		if err := s.joinCluster(ctx); err != nil {
@@ -270,7 +279,15 @@ func (s *Server) initCAs() error {
 		return fmt.Errorf("incomplete custom CA set in %s: missing %s (provide every CA file, or none to have kpki generate them)",
 			s.layout.TLS(), strings.Join(missing, ", "))
 	}
+	// All CAs are written as one group: a crash leaves all of them or none, never the
+	// partial set a restart would refuse as an incomplete custom CA set.
 	now := s.clock.Now()
+	type generated struct {
+		file string
+		cert *x509.Certificate
+	}
+	var files []datadir.File
+	var made []generated
 	for _, c := range certs.CAs {
 		key, err := s.issuer.NewECKey()
 		if err != nil {
@@ -286,12 +303,16 @@ func (s *Server) initCAs() error {
 			return err
 		}
 		crt, kf := s.caPaths(c)
-		if err := datadir.WritePair(crt, pki.EncodeCert(cert), kf, keyPEM); err != nil {
-			return err
-		}
+		files = append(files, datadir.File{Path: kf, Data: keyPEM, Mode: 0o600}, datadir.File{Path: crt, Data: pki.EncodeCert(cert), Mode: 0o600})
+		made = append(made, generated{crt, cert})
+	}
+	if err := datadir.WriteGroup(files); err != nil {
+		return err
+	}
+	for _, g := range made {
 		s.metrics.Issued.WithLabelValues("ca").Inc()
-		s.auditCert("generate-ca", "kpki", crt, cert, nil)
-		s.log.Info("generated self-signed CA", "file", crt, "subject", cert.Subject.String(), "expires", cert.NotAfter)
+		s.auditCert("generate-ca", "kpki", g.file, g.cert, nil)
+		s.log.Info("generated self-signed CA", "file", g.file, "subject", g.cert.Subject.String(), "expires", g.cert.NotAfter)
 	}
 	return nil
 }

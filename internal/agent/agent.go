@@ -49,7 +49,8 @@ var Kubeconfigs = []struct{ File, Leaf string }{
 
 // Config is what `kpki agent` is given.
 type Config struct {
-	// ServerURL is the supervisor, https://host:port.
+	// ServerURL is the supervisor, https://host:port, or several supervisors separated
+	// by commas: a pass that fails with a transient error moves on to the next one.
 	ServerURL string
 	// Token is a secure token K10<hash>::<user>:<password> or a short token (a password).
 	Token   string
@@ -59,10 +60,14 @@ type Config struct {
 	// NodeIPs are IP addresses, each entry possibly a comma-separated list.
 	NodeIPs []string
 	// APIServerPort is the kube-apiserver port written into the kubeconfigs, on the host
-	// of ServerURL.
+	// of the first ServerURL.
 	APIServerPort   int
 	RenewBeforeDays int
 	RenewInterval   time.Duration
+	// RetryDeadline bounds how long one pass is repeated after transient failures
+	// (a server unreachable or answering 5xx, a timeout), with growing waits and moving
+	// through the server URLs. 0: every server is tried once, without waiting.
+	RetryDeadline time.Duration
 }
 
 // Defaults returns the default configuration.
@@ -111,7 +116,9 @@ type Agent struct {
 	onPass      func(Result, error)
 	tok         token.Token
 	user        string
-	base        *url.URL
+	servers     []*url.URL
+	cur         int      // index in servers of the server the next pass starts on
+	base        *url.URL // the server of the current attempt
 	apiServer   string
 	layout      datadir.Layout
 	nodeName    string
@@ -124,6 +131,9 @@ type Agent struct {
 	// the token names it). nil until the first pass has pinned the CA.
 	trust       *trust.Trust
 	warnedShort bool
+
+	sleep  func(ctx context.Context, d time.Duration) error
+	jitter func(d time.Duration) time.Duration
 }
 
 // ParseServerURL checks that s is https://host[:port] (a trailing slash allowed) and
@@ -144,13 +154,14 @@ func ParseServerURL(s string) (*url.URL, error) {
 
 // New validates cfg. It reads nothing from disk and contacts nothing.
 func New(cfg Config, opts Options) (*Agent, error) {
-	a := &Agent{cfg: cfg, log: opts.Log, clock: opts.Clock, onPass: opts.OnPass}
+	a := &Agent{cfg: cfg, log: opts.Log, clock: opts.Clock, onPass: opts.OnPass, jitter: jitter}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if a.clock == nil {
 		a.clock = clock.Real{}
 	}
+	a.sleep = func(ctx context.Context, d time.Duration) error { return sleepOn(ctx, a.clock, d) }
 	a.issuer = pki.NewIssuer(a.clock, nil)
 	if opts.Transport != nil {
 		a.transport = opts.Transport.Clone()
@@ -161,12 +172,22 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if strings.TrimSpace(cfg.ServerURL) == "" {
+	seen := map[string]bool{}
+	for _, s := range strings.Split(cfg.ServerURL, ",") {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
+		if u, err := ParseServerURL(s); err != nil {
+			errs = append(errs, err)
+		} else if !seen[u.String()] {
+			seen[u.String()] = true
+			a.servers = append(a.servers, u)
+		}
+	}
+	if len(a.servers) == 0 && len(errs) == 0 {
 		bad("--server is required: the URL of a kpki server, https://host:9345")
-	} else if u, err := ParseServerURL(cfg.ServerURL); err != nil {
-		errs = append(errs, err)
-	} else {
-		a.base = u
+	} else if len(a.servers) > 0 {
+		a.base = a.servers[0]
 	}
 	if strings.TrimSpace(cfg.Token) == "" {
 		bad("--token is required")
@@ -205,6 +226,9 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if cfg.RenewInterval <= 0 {
 		bad("--renew-interval %s must be positive", cfg.RenewInterval)
 	}
+	if cfg.RetryDeadline < 0 {
+		bad("--retry-deadline %s must not be negative", cfg.RetryDeadline)
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -219,23 +243,33 @@ func New(cfg Config, opts Options) (*Agent, error) {
 // NodeName is the node name the agent registers.
 func (a *Agent) NodeName() string { return a.nodeName }
 
+// serverList is the server URLs, comma-separated.
+func (a *Agent) serverList() string {
+	names := make([]string, len(a.servers))
+	for i, u := range a.servers {
+		names[i] = u.String()
+	}
+	return strings.Join(names, ",")
+}
+
 // retryMin is the first delay before retrying a failed pass; it doubles up to the renew
 // interval.
 const retryMin = 10 * time.Second
 
 // Run runs a pass at once and then one every renew interval until ctx ends, when it
-// returns nil. A failed pass is logged and retried, first after 10 s and then after
-// doubling delays up to the renew interval. Only a lock held by another process ends
-// Run with an error.
+// returns nil. A pass that fails with a transient error is repeated up to the retry
+// deadline; a pass that still failed is logged and run again, first after 10 s and then
+// after doubling delays up to the renew interval. Only a lock held by another process
+// ends Run with an error.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.release()
 	if err := a.lockIfPresent(); err != nil {
 		return err
 	}
-	a.log.Info("kpki agent starting", "server", a.base.String(), "node", a.nodeName, "data-dir", a.layout.Agent())
+	a.log.Info("kpki agent starting", "server", a.serverList(), "node", a.nodeName, "data-dir", a.layout.Agent())
 	retry := time.Duration(0)
 	for {
-		res, err := a.pass(ctx)
+		res, err := a.passWithRetry(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -265,13 +299,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// RunOnce runs one pass: join the cluster or renew what is due.
+// RunOnce runs one pass: join the cluster or renew what is due. A pass that fails with
+// a transient error is repeated up to the retry deadline.
 func (a *Agent) RunOnce(ctx context.Context) (Result, error) {
 	defer a.release()
 	if err := a.lockIfPresent(); err != nil {
 		return Result{}, err
 	}
-	res, err := a.pass(ctx)
+	res, err := a.passWithRetry(ctx)
 	if err != nil && ctx.Err() != nil {
 		return res, fmt.Errorf("interrupted before the pass completed: %w", err)
 	}

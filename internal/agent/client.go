@@ -126,11 +126,11 @@ func statusError(base, method, path string, r api.Reply) error {
 	}
 	switch r.Status {
 	case http.StatusUnauthorized:
-		return fmt.Errorf("the server at %s refused the token: %s", base, msg)
+		return &StatusError{Code: r.Status, Message: fmt.Sprintf("the server at %s refused the token: %s", base, msg)}
 	case http.StatusForbidden:
-		return fmt.Errorf("the server at %s refused %s %s: %s", base, method, path, msg)
+		return &StatusError{Code: r.Status, Message: fmt.Sprintf("the server at %s refused %s %s: %s", base, method, path, msg)}
 	}
-	return fmt.Errorf("%s %s at %s failed: %s", method, path, base, msg)
+	return &StatusError{Code: r.Status, Message: fmt.Sprintf("%s %s at %s failed: %s", method, path, base, msg)}
 }
 
 func (a *Agent) nodeIPList() string {

@@ -267,7 +267,8 @@ func (c *Client) CACerts(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	if rep.Status != http.StatusOK {
-		return nil, fmt.Errorf("the server at %s is not a kpki server: GET %s answered %d %s", c.BaseURL, PathCACerts, rep.Status, http.StatusText(rep.Status))
+		return nil, &StatusError{Code: rep.Status, Body: ErrorBody{Error: fmt.Sprintf("the server at %s is not a kpki server: GET %s answered %d %s",
+			c.BaseURL, PathCACerts, rep.Status, http.StatusText(rep.Status))}}
 	}
 	return rep.Body, nil
 }

@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"strings"
+	"time"
+
 	"github.com/spf13/cobra"
 
 	"github.com/kpki/kpki/internal/agent"
@@ -8,7 +11,9 @@ import (
 
 func newAgentCmd() *cobra.Command {
 	cfg := agent.Defaults()
+	cfg.RetryDeadline = 2 * time.Minute
 	var once bool
+	var servers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Join a kpki cluster as an agent and keep the node's certificates renewed",
@@ -16,12 +21,18 @@ func newAgentCmd() *cobra.Command {
 certificates (kubelet client and serving, kube-proxy, kpki-controller) for keys generated on
 this node, and writes them with the CA bundles and kubeconfigs under <data-dir>/agent. It then
 checks every --renew-interval and renews certificates that expire within --renew-before-days,
-keeping their keys. With --once it runs one pass and exits.`,
+keeping their keys. With --once it runs one pass and exits.
+
+A pass that fails because the server cannot be reached, answers 5xx (for instance 503
+"datastore unavailable (no quorum)") or times out is repeated with growing waits for up to
+--retry-deadline; given several --server URLs, each retry goes to the next one. Refusals
+(a wrong token, a CA that does not match the token's hash) are not repeated.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
 			return applySources(cmd)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.ServerURL = strings.Join(servers, ",")
 			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd.ErrOrStderr())})
 			if err != nil {
 				return err
@@ -36,13 +47,14 @@ keeping their keys. With --once it runs one pass and exits.`,
 	f := cmd.Flags()
 	dataDirFlag(cmd, &cfg.DataDir)
 	configFlag(cmd)
-	f.StringVarP(&cfg.ServerURL, "server", "s", "", "URL of a kpki server's supervisor, https://host:9345 (env KPKI_URL)")
+	f.StringSliceVarP(&servers, "server", "s", nil, "URL of a kpki server's supervisor, https://host:9345 (env KPKI_URL); repeat it or give a comma-separated list to fail over between servers")
 	f.StringVarP(&cfg.Token, "token", "t", "", "join token: K10<ca-hash>::<user>:<password>, or a short token (no CA pinning)")
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")
 	f.StringSliceVar(&cfg.NodeIPs, "node-ip", nil, "node IP address, a SAN of the kubelet serving certificate (repeatable)")
 	f.IntVar(&cfg.APIServerPort, "api-server-port", cfg.APIServerPort, "kube-apiserver port, on the --server host, written into the kubeconfigs")
 	f.IntVar(&cfg.RenewBeforeDays, "renew-before-days", cfg.RenewBeforeDays, "renew certificates this many days before they expire")
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running agent checks for certificates to renew")
+	f.DurationVar(&cfg.RetryDeadline, "retry-deadline", cfg.RetryDeadline, "how long a pass that fails with a transient error (server unreachable, 5xx, timeout) is repeated; 0: try each server once")
 	f.BoolVar(&once, "once", false, "run one pass (join or renew) and exit")
 	return cmd
 }

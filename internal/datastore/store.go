@@ -5,6 +5,7 @@
 package datastore
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -14,8 +15,12 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/kpki/kpki/internal/clock"
 )
 
 // Sentinel errors callers branch on.
@@ -30,6 +35,17 @@ type Store struct {
 	cli *clientv3.Client
 	// Endpoints is what the client connects to, for messages.
 	Endpoints []string
+
+	policy retryPolicy
+	clock  clock.Clock
+	sleep  func(ctx context.Context, d time.Duration) error
+}
+
+// newStore wraps cli with the default retry policy on the wall clock.
+func newStore(cli *clientv3.Client, endpoints []string) *Store {
+	s := &Store{cli: cli, Endpoints: endpoints, policy: defaultRetry, clock: clock.Real{}}
+	s.sleep = func(ctx context.Context, d time.Duration) error { return sleepCtx(ctx, s.clock, d) }
+	return s
 }
 
 // ClientTLS names the files for mutual TLS to etcd; empty fields mean none.
@@ -83,14 +99,20 @@ func Connect(ctx context.Context, endpoints []string, t ClientTLS, timeout time.
 		TLS:         tlsCfg,
 		DialTimeout: timeout,
 		Logger:      zap.NewNop(),
+		// One try per call: the Store retries itself, and needs to see etcd's own answer
+		// (no leader, timeout) rather than the client giving up at the deadline.
+		MaxUnaryRetries: 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("datastore %s: %w", strings.Join(endpoints, ","), err)
 	}
-	s := &Store{cli: cli, Endpoints: endpoints}
+	s := newStore(cli, endpoints)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, "/kpki-health"); err != nil {
+	if err := s.do(cctx, "get", "/kpki-health", true, func(ctx context.Context, _ bool) error {
+		_, err := cli.Get(ctx, "/kpki-health")
+		return err
+	}); err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("datastore %s does not answer: %w", strings.Join(endpoints, ","), err)
 	}
@@ -103,11 +125,28 @@ func (s *Store) Close() error { return s.cli.Close() }
 // Client exposes the etcd client for membership operations.
 func (s *Store) Client() *clientv3.Client { return s.cli }
 
+// Every operation below that is safe to repeat is retried across a leader election
+// (see do): reads, and writes guarded by a compare that recognise their own earlier
+// write when an attempt timed out after it may have been applied.
+
+// wrap names the operation in an error, unless it is a sentinel or already names it.
+func wrap(op, key string, err error) error {
+	var ue *UnavailableError
+	if err == nil || errors.Is(err, ErrNotFound) || errors.Is(err, ErrExists) || errors.Is(err, ErrConflict) || errors.As(err, &ue) {
+		return err
+	}
+	return fmt.Errorf("datastore %s %s: %w", op, key, err)
+}
+
 // Get returns the value of key and its modification revision.
 func (s *Store) Get(ctx context.Context, key string) ([]byte, int64, error) {
-	resp, err := s.cli.Get(ctx, key)
+	var resp *clientv3.GetResponse
+	err := s.do(ctx, "get", key, true, func(ctx context.Context, _ bool) (err error) {
+		resp, err = s.cli.Get(ctx, key)
+		return err
+	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("datastore get %s: %w", key, err)
+		return nil, 0, wrap("get", key, err)
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, 0, ErrNotFound
@@ -117,9 +156,13 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, int64, error) {
 
 // Keys lists the keys under prefix.
 func (s *Store) Keys(ctx context.Context, prefix string) ([]string, error) {
-	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	var resp *clientv3.GetResponse
+	err := s.do(ctx, "list", prefix, true, func(ctx context.Context, _ bool) (err error) {
+		resp, err = s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		return err
+	})
 	if err != nil {
-		return nil, fmt.Errorf("datastore list %s: %w", prefix, err)
+		return nil, wrap("list", prefix, err)
 	}
 	out := make([]string, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -137,9 +180,13 @@ type KV struct {
 // GetPrefix returns every key under prefix with its value, and the revision of the
 // datastore the read saw (a watch from rev+1 misses no later change).
 func (s *Store) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, error) {
-	resp, err := s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	var resp *clientv3.GetResponse
+	err := s.do(ctx, "list", prefix, true, func(ctx context.Context, _ bool) (err error) {
+		resp, err = s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+		return err
+	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("datastore list %s: %w", prefix, err)
+		return nil, 0, wrap("list", prefix, err)
 	}
 	out := make([]KV, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -148,80 +195,162 @@ func (s *Store) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, erro
 	return out, resp.Header.Revision, nil
 }
 
-// Create writes key only if it does not exist (ErrExists otherwise).
-func (s *Store) Create(ctx context.Context, key string, value []byte) error {
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(value))).
-		Commit()
-	if err != nil {
-		return fmt.Errorf("datastore create %s: %w", key, err)
+// rangeKV returns the single key-value of the i-th response of a transaction, nil when
+// the key did not exist.
+func rangeKV(resp *clientv3.TxnResponse, i int) *mvccpb.KeyValue {
+	if i >= len(resp.Responses) {
+		return nil
 	}
-	if !resp.Succeeded {
-		return ErrExists
+	r := resp.Responses[i].GetResponseRange()
+	if r == nil || len(r.Kvs) == 0 {
+		return nil
 	}
-	return nil
+	return r.Kvs[0]
 }
 
-// CreateOrGet writes key if it does not exist, else returns its current value, in one
-// transaction.
-func (s *Store) CreateOrGet(ctx context.Context, key string, value []byte) (created bool, existing []byte, err error) {
+// holds reports whether kv exists with value.
+func holds(kv *mvccpb.KeyValue, value []byte) bool {
+	return kv != nil && bytes.Equal(kv.Value, value)
+}
+
+// Create writes key only if it does not exist (ErrExists otherwise).
+func (s *Store) Create(ctx context.Context, key string, value []byte) error {
+	return wrap("create", key, s.do(ctx, "create", key, true, func(ctx context.Context, again bool) error {
+		return s.createAttempt(ctx, key, value, again)
+	}))
+}
+
+// createAttempt is one attempt of Create. After an ambiguous attempt (again), a key that
+// holds value was written by that attempt.
+func (s *Store) createAttempt(ctx context.Context, key string, value []byte, again bool) error {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value))).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return false, nil, fmt.Errorf("datastore create %s: %w", key, err)
+		return err
+	}
+	if resp.Succeeded || (again && holds(rangeKV(resp, 0), value)) {
+		return nil
+	}
+	return ErrExists
+}
+
+// CreateOrGet writes key if it does not exist, else returns its current value, in one
+// transaction.
+func (s *Store) CreateOrGet(ctx context.Context, key string, value []byte) (created bool, existing []byte, err error) {
+	err = s.do(ctx, "create", key, true, func(ctx context.Context, again bool) (err error) {
+		created, existing, err = s.createOrGetAttempt(ctx, key, value, again)
+		return err
+	})
+	if err != nil {
+		return false, nil, wrap("create", key, err)
+	}
+	return created, existing, nil
+}
+
+// createOrGetAttempt is one attempt of CreateOrGet. After an ambiguous attempt (again),
+// a key that holds value was created by that attempt.
+func (s *Store) createOrGetAttempt(ctx context.Context, key string, value []byte, again bool) (bool, []byte, error) {
+	resp, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(value))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return false, nil, err
 	}
 	if resp.Succeeded {
 		return true, nil, nil
 	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
+	kv := rangeKV(resp, 0)
+	if kv == nil {
 		return false, nil, ErrConflict
 	}
-	return false, kvs[0].Value, nil
+	if again && holds(kv, value) {
+		return true, nil, nil
+	}
+	return false, kv.Value, nil
 }
 
 // Update replaces key's value if its modification revision is still rev (ErrConflict
 // otherwise) and returns the new revision.
 func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {
+	var newRev int64
+	err := s.do(ctx, "update", key, true, func(ctx context.Context, again bool) (err error) {
+		newRev, err = s.updateAttempt(ctx, key, value, rev, again)
+		return err
+	})
+	if err != nil {
+		return 0, wrap("update", key, err)
+	}
+	return newRev, nil
+}
+
+// updateAttempt is one attempt of Update. After an ambiguous attempt (again), a key that
+// moved on from rev and holds value was written by that attempt. Values kpki updates
+// are encrypted with a fresh salt, so no other writer stores the same bytes.
+func (s *Store) updateAttempt(ctx context.Context, key string, value []byte, rev int64, again bool) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 		Then(clientv3.OpPut(key, string(value))).
+		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return 0, fmt.Errorf("datastore update %s: %w", key, err)
+		return 0, err
 	}
-	if !resp.Succeeded {
-		return 0, ErrConflict
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
 	}
-	return resp.Header.Revision, nil
+	if kv := rangeKV(resp, 0); again && holds(kv, value) {
+		return kv.ModRevision, nil
+	}
+	return 0, ErrConflict
 }
 
 // Replace atomically deletes oldKey (which must still be at rev) and creates newKey,
 // returning the new revision.
 func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) (int64, error) {
+	var newRev int64
+	err := s.do(ctx, "replace", oldKey, true, func(ctx context.Context, again bool) (err error) {
+		newRev, err = s.replaceAttempt(ctx, oldKey, rev, newKey, value, again)
+		return err
+	})
+	if err != nil {
+		return 0, wrap("replace", oldKey, err)
+	}
+	return newRev, nil
+}
+
+// replaceAttempt is one attempt of Replace. After an ambiguous attempt (again), oldKey
+// gone and newKey holding value mean that attempt was applied.
+func (s *Store) replaceAttempt(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, again bool) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", rev), clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
 		Then(clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))).
+		Else(clientv3.OpGet(newKey), clientv3.OpGet(oldKey)).
 		Commit()
 	if err != nil {
-		return 0, fmt.Errorf("datastore replace %s: %w", oldKey, err)
+		return 0, err
 	}
-	if !resp.Succeeded {
-		return 0, ErrConflict
+	if resp.Succeeded {
+		return resp.Header.Revision, nil
 	}
-	return resp.Header.Revision, nil
+	if kv := rangeKV(resp, 0); again && holds(kv, value) && rangeKV(resp, 1) == nil {
+		return kv.ModRevision, nil
+	}
+	return 0, ErrConflict
 }
 
-// Put writes key unconditionally.
+// Put writes key unconditionally. An unconditional write that timed out may still be
+// applied later, over a newer value, so Put repeats only a request the member refused
+// unprocessed for want of a leader.
 func (s *Store) Put(ctx context.Context, key string, value []byte) error {
-	if _, err := s.cli.Put(ctx, key, string(value)); err != nil {
-		return fmt.Errorf("datastore put %s: %w", key, err)
-	}
-	return nil
+	return wrap("put", key, s.do(ctx, "put", key, false, func(ctx context.Context, _ bool) error {
+		_, err := s.cli.Put(ctx, key, string(value))
+		return err
+	}))
 }
 
 // Event is one change under a watched prefix.
@@ -260,10 +389,14 @@ func (s *Store) WatchPrefix(ctx context.Context, prefix string, fromRev int64) <
 	return out
 }
 
-// Healthy checks that the datastore answers a read within timeout.
+// Healthy checks that the datastore answers a read within timeout. It makes one
+// attempt: a member without a leader fails it at once with ErrNoQuorum.
 func (s *Store) Healthy(ctx context.Context, timeout time.Duration) error {
-	cctx, cancel := context.WithTimeout(ctx, timeout)
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), timeout)
 	defer cancel()
 	_, err := s.cli.Get(cctx, "/kpki-health")
+	if errors.Is(err, rpctypes.ErrNoLeader) {
+		return fmt.Errorf("%w: the etcd member has no leader", ErrNoQuorum)
+	}
 	return err
 }

@@ -60,7 +60,7 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, code int, err
 		result = "error"
 	}
 	s.metrics.JoinRequests.WithLabelValues(result).Inc()
-	s.sup.Error(w, r, code, err)
+	s.datastoreError(w, r, code, err)
 }
 
 // handleSign issues an agent leaf for the public key of the CSR in the body. The server
@@ -207,7 +207,7 @@ func (s *Server) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
 	rec, _, err := s.currentRecord(r.Context())
 	s.mu.Unlock()
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, err)
+		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	plain, err := rec.Marshal()
@@ -235,7 +235,7 @@ func (s *Server) handleEtcdMembers(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := s.store.Client().MemberList(r.Context())
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, err)
+		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	var out []EtcdMember

@@ -105,7 +105,7 @@ func (s *Server) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rec, rev, err := s.currentRecord(ctx)
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, err)
+		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	now := s.clock.Now()
@@ -136,7 +136,7 @@ func (s *Server) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusConflict
 			err = errors.New("the bootstrap data changed while this rotation was checked; nothing was written, run rotate-ca again")
 		}
-		s.sup.Error(w, r, code, err)
+		s.datastoreError(w, r, code, err)
 		return
 	}
 	s.bootstrapRev.Store(newRev)
@@ -217,7 +217,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	rec, rev, err := s.currentRecord(ctx)
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, err)
+		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	pf, _ := rec.Get("PasswdFile")
@@ -247,7 +247,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusConflict
 			err = errors.New("the bootstrap data changed concurrently; nothing was written, try again")
 		}
-		s.sup.Error(w, r, code, err)
+		s.datastoreError(w, r, code, err)
 		return
 	}
 	s.tok.Password, s.bootstrapKey = newPW, newKey

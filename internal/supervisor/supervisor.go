@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -130,13 +131,29 @@ func (s *Supervisor) Error(w http.ResponseWriter, r *http.Request, code int, err
 	s.ErrorList(w, r, code, err, nil)
 }
 
+// Unavailable answers 503 with {"error": err, "id": id} and a Retry-After header of
+// retryAfter (rounded up to whole seconds): the request may succeed when repeated.
+// detail, the full cause, is logged with the same id but not sent.
+func (s *Supervisor) Unavailable(w http.ResponseWriter, r *http.Request, err, detail error, retryAfter time.Duration) {
+	secs := int64((retryAfter + time.Second - 1) / time.Second)
+	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	s.errorDetail(w, r, http.StatusServiceUnavailable, err, detail, nil)
+}
+
 // ErrorList is Error with the list of every failed check in "errors".
 func (s *Supervisor) ErrorList(w http.ResponseWriter, r *http.Request, code int, err error, list []string) {
+	s.errorDetail(w, r, code, err, nil, list)
+}
+
+func (s *Supervisor) errorDetail(w http.ResponseWriter, r *http.Request, code int, err, detail error, list []string) {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
 	attrs := append([]any{"id", id}, requestAttrs(r)...)
 	attrs = append(attrs, "status", code, "error", Clip(err.Error(), MessageMax))
+	if detail != nil && detail.Error() != err.Error() {
+		attrs = append(attrs, "detail", Clip(detail.Error(), MessageMax))
+	}
 	if len(list) > 0 {
 		attrs = append(attrs, "errors", clipList(list))
 	}

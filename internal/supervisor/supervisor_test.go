@@ -313,6 +313,55 @@ func TestErrorAnswers(t *testing.T) {
 	}
 }
 
+func TestUnavailable(t *testing.T) {
+	public := errors.New("datastore unavailable (no quorum)")
+	detail := errors.New("datastore create /kpki/node-passwords/n1: datastore unavailable (no quorum): 9 attempts in 3.1s, the last failed with: etcdserver: no leader")
+	for _, tc := range []struct {
+		name       string
+		detail     error
+		retryAfter time.Duration
+		wantAfter  string
+	}{
+		{"with detail", detail, 2 * time.Second, "2"},
+		{"rounded up", detail, 1500 * time.Millisecond, "2"},
+		{"at least a second", nil, 0, "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, Config{}, func(s *Supervisor) {
+				s.Handle("POST /v1-kpki/sign", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					s.Unavailable(w, r, public, tc.detail, tc.retryAfter)
+				}))
+			})
+			code, hdr, body := ts.do(t, http.MethodPost, "/v1-kpki/sign", nil)
+			if code != http.StatusServiceUnavailable {
+				t.Fatalf("status = %d, want 503", code)
+			}
+			if got := hdr.Get("Retry-After"); got != tc.wantAfter {
+				t.Errorf("Retry-After = %q, want %q", got, tc.wantAfter)
+			}
+			eb := checkJSONError(t, ts, hdr, body, code, public.Error())
+			if eb.Error != public.Error() {
+				t.Errorf("error = %q, want exactly %q", eb.Error, public)
+			}
+			var rec map[string]any
+			for _, r := range ts.log.logRecords(t) {
+				if r["id"] == eb.ID {
+					rec = r
+				}
+			}
+			if tc.detail != nil && rec["detail"] != tc.detail.Error() {
+				t.Errorf("log record %v does not hold the detail %q", rec, tc.detail)
+			}
+			if tc.detail == nil && rec["detail"] != nil {
+				t.Errorf("log record %v holds a detail", rec)
+			}
+			if strings.Contains(string(body), "attempts") {
+				t.Errorf("the answer holds the detail: %s", body)
+			}
+		})
+	}
+}
+
 func TestErrorIDsAreUnique(t *testing.T) {
 	ts := startServer(t, Config{}, nil)
 	seen := map[string]bool{}

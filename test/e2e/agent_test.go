@@ -313,7 +313,7 @@ func TestAgentBadInput(t *testing.T) {
 			return agentArgs(s, "K10"+caHash+"::node:wrong-password", dd)
 		}, []string{"refused the token"}},
 		{"unreachable server", func(dd string) []string {
-			return []string{"agent", "--server", closed, "--token", tok, "--data-dir", dd, "--node-name", agentNodeName}
+			return []string{"agent", "--server", closed, "--token", tok, "--data-dir", dd, "--node-name", agentNodeName, "--retry-deadline", "2s"}
 		}, []string{closed}},
 		{"not a kpki server", func(dd string) []string {
 			return []string{"agent", "--server", html.URL, "--token", tok, "--data-dir", dd, "--node-name", agentNodeName}

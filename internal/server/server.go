@@ -63,11 +63,9 @@ type Server struct {
 
 	servingCertV atomic.Pointer[tls.Certificate]
 
-	passwdMu    sync.Mutex
-	passwdCache Passwd
-	passwdMod   time.Time
-	passwdSize  int64
-	passwdIno   uint64
+	// creds is the passwd this server authenticates with: the bootstrap record's,
+	// switched with the record (settlePasswd, token rotate), not re-read from disk.
+	creds atomic.Pointer[Passwd]
 
 	ready  atomic.Bool
 	cancel context.CancelFunc
@@ -184,6 +182,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.startPKI(ctx); err != nil {
 		return err
 	}
+	if err := s.settlePasswd(ctx); err != nil {
+		return err
+	}
 	if datadir.Exists(s.layout.ForceRestart()) {
 		if err := os.Remove(s.layout.ForceRestart()); err != nil {
 			return fmt.Errorf("remove %s: %w", s.layout.ForceRestart(), err)
@@ -192,7 +193,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.loadServingCert(); err != nil {
 		return err
 	}
-	s.sup = supervisor.New(supervisor.Config{Log: s.log, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
+	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
 	s.sup.SetCertificate(s.servingCert())
 	s.registerAPI()
 	s.registerAgentAPI()

@@ -105,11 +105,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 		s.tok = t
 	}
 	if cfg.AgentToken != "" {
-		t, err := token.Parse(cfg.AgentToken)
-		if err != nil {
+		// Checked here; the agent password itself always comes from cred/passwd, which
+		// only a first start creates with it (see ensurePasswd and settlePasswd).
+		if _, err := token.Parse(cfg.AgentToken); err != nil {
 			return nil, fmt.Errorf("--agent-token: %w", err)
 		}
-		s.agentPassword = t.Password
 	}
 	if cfg.ServerURL != "" && cfg.Token == "" {
 		return nil, errors.New("--server needs --token: the cluster's server token")

@@ -61,9 +61,11 @@ type TokenRotateRequest struct {
 	Token string `json:"token,omitempty"`
 }
 
-// TokenRotateResponse carries the new server token.
+// TokenRotateResponse carries the new server token. Warnings name the files of the
+// answering server that could not be written although the rotation was stored.
 type TokenRotateResponse struct {
-	Token string `json:"token"`
+	Token    string   `json:"token"`
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // ErrorBody is the JSON body of every error answer.

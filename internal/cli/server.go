@@ -27,7 +27,7 @@ func newServerCmd() *cobra.Command {
 	dataDirFlag(cmd, &cfg.DataDir)
 	configFlag(cmd)
 	f.StringVarP(&cfg.Token, "token", "t", "", "cluster token (generated on the first server when empty)")
-	f.StringVar(&cfg.AgentToken, "agent-token", "", "token agents join with (defaults to the server token's password)")
+	f.StringVar(&cfg.AgentToken, "agent-token", "", "token agents join with (a distinct random password by default; never the server token's)")
 	f.StringVarP(&cfg.ServerURL, "server", "s", "", "URL of an existing server to join")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra hostname or IP for the serving certificates (repeatable)")
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")

@@ -69,7 +69,8 @@ func newTokenRotateCmd() *cobra.Command {
 		Long: `Asks the running kpki server to change the server token's password (to --new-token, or a
 generated one). The bootstrap data is re-encrypted under the new password in one transaction,
 cred/passwd and the token files are rewritten, and the new token is printed. Other servers must
-be restarted with the new token; agents keep their token.`,
+be restarted with the new token; agents keep their token. The new password must differ from the
+agent password.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -83,6 +84,9 @@ be restarted with the new token; agents keep their token.`,
 				return fmt.Errorf("token rotate: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "token rotated; restart the other servers with the new token\nserver token: %s\n", resp.Token)
+			for _, w := range resp.Warnings {
+				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
+			}
 			return nil
 		},
 	}

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strings"
-	"syscall"
 
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/audit"
@@ -31,48 +29,23 @@ func (s *Server) registerAPI() {
 	s.sup.Handle("PUT "+api.PathTokenRotate, s.sup.Require(s.handleTokenRotate, supervisor.RoleServer))
 }
 
-// authenticate checks basic credentials against cred/passwd in constant time. The
-// parsed file is kept until the file is replaced (every write of it is a rename, so a
-// new inode) or its modification time or size changes.
+// authenticate checks basic credentials, in constant time, against the passwd this
+// server holds in memory (see creds); before it has one, nothing authenticates.
 func (s *Server) authenticate(user, password string) (supervisor.Role, bool) {
-	pw, err := s.passwd()
-	if err != nil || !pw.Check(user, password) {
+	pw := s.creds.Load()
+	if pw == nil {
 		return "", false
 	}
-	e, _ := pw.Find(user)
-	switch {
-	case strings.HasSuffix(e.Role, ":server"):
-		return supervisor.RoleServer, true
-	case strings.HasSuffix(e.Role, ":agent"):
-		return supervisor.RoleAgent, true
-	}
-	return "", false
+	return pw.Authenticate(user, password)
 }
 
-func (s *Server) passwd() (Passwd, error) {
-	st, err := os.Stat(s.layout.PasswdFile())
-	if err != nil {
-		return nil, err
+// useCreds makes pw the passwd this server authenticates with and its node entry the
+// agent password of the agent-token file.
+func (s *Server) useCreds(pw Passwd) {
+	s.creds.Store(&pw)
+	if node, ok := pw.Find(agentUser); ok {
+		s.agentPassword = node.Password
 	}
-	s.passwdMu.Lock()
-	defer s.passwdMu.Unlock()
-	ino := uint64(0)
-	if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-		ino = sys.Ino
-	}
-	if s.passwdCache != nil && st.ModTime().Equal(s.passwdMod) && st.Size() == s.passwdSize && ino == s.passwdIno {
-		return s.passwdCache, nil
-	}
-	data, err := os.ReadFile(s.layout.PasswdFile())
-	if err != nil {
-		return nil, err
-	}
-	pw, err := ParsePasswd(data)
-	if err != nil {
-		return nil, err
-	}
-	s.passwdCache, s.passwdMod, s.passwdSize, s.passwdIno = pw, st.ModTime(), st.Size(), ino
-	return pw, nil
 }
 
 func decodeBody(r *http.Request, limit int64, v any) error {
@@ -214,21 +187,37 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.sup.Error(w, r, http.StatusBadRequest, errors.New("the new token is the current one"))
 		return
 	}
+	if cur := s.creds.Load(); cur != nil && cur.usedByOthers(newPW) {
+		s.sup.Error(w, r, http.StatusBadRequest, errNewIsAgentPassword)
+		return
+	}
 	ctx := r.Context()
 	rec, rev, err := s.currentRecord(ctx)
 	if err != nil {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	pf, _ := rec.Get("PasswdFile")
+	pf, ok := rec.Get("PasswdFile")
+	if !ok {
+		s.sup.Error(w, r, http.StatusInternalServerError, errors.New("the bootstrap data in the datastore holds no PasswdFile, so the new token's passwd cannot be stored with it; nothing was changed: restart this server, which stores its cred/passwd there, and run token rotate again"))
+		return
+	}
 	passwd, err := ParsePasswd(pf.Content)
+	if err == nil {
+		err = passwd.validate()
+	}
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("passwd in the datastore: %w", err))
+		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("passwd in the datastore: %w; nothing was changed: restart this server to repair it, and run token rotate again", err))
+		return
+	}
+	if passwd.usedByOthers(newPW) {
+		s.sup.Error(w, r, http.StatusBadRequest, errNewIsAgentPassword)
 		return
 	}
 	now := s.clock.Now()
-	newPasswd := passwd.WithPassword("server", newPW).Bytes()
-	rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: newPasswd})
+	newPasswd := passwd.WithPassword(serverUser, newPW)
+	content := newPasswd.Bytes()
+	rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: content})
 	plain, err := rec.Marshal()
 	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, err)
@@ -250,23 +239,31 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.datastoreError(w, r, code, err)
 		return
 	}
+	// The record has moved: from now on this server answers to the new password only,
+	// whatever happens to the files below.
 	s.tok.Password, s.bootstrapKey = newPW, newKey
 	s.bootstrapRev.Store(newRev)
-	if err := datadir.WriteFileWithTime(s.layout.PasswdFile(), newPasswd, 0o600, now); err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("token rotated in the datastore, but %w", err))
-		return
+	s.useCreds(newPasswd)
+	var warnings []string
+	if err := datadir.WriteFileWithTime(s.layout.PasswdFile(), content, 0o600, now); err != nil {
+		warnings = append(warnings, fmt.Sprintf("%s was not written (%v); this server already uses the new token, and the file is written from the datastore at its next start", s.layout.PasswdFile(), err))
 	}
 	if err := s.writeDerived(); err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("token rotated in the datastore, but %w", err))
-		return
+		warnings = append(warnings, fmt.Sprintf("the token files were not written (%v); keep the new token printed here and start this server with --token", err))
+	}
+	for _, m := range warnings {
+		s.log.Error("token rotated in the datastore, but "+m, "token-file", s.layout.TokenFile())
 	}
 	caller := supervisor.CallerFrom(ctx)
 	s.writeAudit(audit.Entry{Time: now.UTC(), Action: "token-rotate", Actor: caller.User, RemoteAddr: r.RemoteAddr,
 		Detail: "server token changed; bootstrap data moved from " + oldKey + " to " + newKey})
 	s.log.Warn("server token rotated; other servers must be restarted with the new token", "token-file", s.layout.TokenFile())
 	hash, _ := pki.CAHash(s.cas[certs.ServerCA].BundlePEM)
-	supervisor.JSON(w, api.TokenRotateResponse{Token: token.Format(hash, "server", newPW)})
+	supervisor.JSON(w, api.TokenRotateResponse{Token: token.Format(hash, serverUser, newPW), Warnings: warnings})
 }
+
+// errNewIsAgentPassword refuses a new server token whose password agents hold.
+var errNewIsAgentPassword = errors.New("the new server token's password is the agent password, which agents hold and which must never authenticate as server; choose another token; nothing was changed")
 
 func (s *Server) writeAudit(e audit.Entry) {
 	if err := s.audit.Write(e); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/node"
+	"github.com/kpki/kpki/internal/token"
 )
 
 // Config is everything a server is told by flags, env and config file.
@@ -205,6 +206,13 @@ func (c *Config) resolve() (*resolved, error) {
 			r.datastore = append(r.datastore, e)
 		}
 	}
+	if c.AgentToken != "" && c.Token != "" {
+		at, aerr := token.Parse(c.AgentToken)
+		st, serr := token.Parse(c.Token)
+		if aerr == nil && serr == nil && at.Password == st.Password {
+			bad("--agent-token must differ from --token: agents hold the agent token, and its password must never authenticate as server")
+		}
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -218,6 +226,19 @@ func (c *Config) resolve() (*resolved, error) {
 	}
 	r.sanList = dedupe(san)
 	return r, nil
+}
+
+// agentTokenPassword is the password of --agent-token, "" when none was given (New
+// refuses one that does not parse).
+func (c *Config) agentTokenPassword() string {
+	if c.AgentToken == "" {
+		return ""
+	}
+	t, err := token.Parse(c.AgentToken)
+	if err != nil {
+		return ""
+	}
+	return t.Password
 }
 
 func days(n int) time.Duration { return time.Duration(n) * 24 * time.Hour }

@@ -58,13 +58,17 @@ func (s *Server) writeDerived() error {
 			return err
 		}
 	}
-	serverToken := token.Format(hash, "server", s.tok.Password) + "\n"
-	agentToken := token.Format(hash, "node", s.agentPassword) + "\n"
-	for path, data := range map[string]string{
-		s.layout.TokenFile():      serverToken,
-		s.layout.NodeTokenFile():  serverToken,
-		s.layout.AgentTokenFile(): agentToken,
-	} {
+	// A password not known yet (a restart whose cred/passwd comes from the datastore)
+	// leaves its token files as they are until it is.
+	tokens := map[string]string{}
+	if s.tok.Password != "" {
+		serverToken := token.Format(hash, "server", s.tok.Password) + "\n"
+		tokens[s.layout.TokenFile()], tokens[s.layout.NodeTokenFile()] = serverToken, serverToken
+	}
+	if s.agentPassword != "" {
+		tokens[s.layout.AgentTokenFile()] = token.Format(hash, "node", s.agentPassword) + "\n"
+	}
+	for path, data := range tokens {
 		if _, err := datadir.WriteIfChanged(path, []byte(data), 0o600); err != nil {
 			return err
 		}

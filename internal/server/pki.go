@@ -379,22 +379,26 @@ func (s *Server) ensureServiceKey() error {
 	return err
 }
 
-// ensurePasswd makes sure cred/passwd holds the server and agent passwords.
+// ensurePasswd reads cred/passwd for the server password (when no token was given) and
+// the agent password of the agent-token file. Only the cluster's first server creates
+// it, with a distinct random agent password (or --agent-token's); any other server
+// takes the bootstrap record's copy (reconcile writes it, settlePasswd checks it once
+// the datastore is open), never inventing an agent password the cluster does not know.
 func (s *Server) ensurePasswd() error {
 	path := s.layout.PasswdFile()
 	data, err := datadir.ReadOptional(path)
 	if err != nil {
 		return err
 	}
+	var pw Passwd
 	if data != nil {
-		pw, err := ParsePasswd(data)
-		if err != nil {
+		if pw, err = ParsePasswd(data); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if node, ok := pw.Find("node"); ok && s.agentPassword == "" {
+		if node, ok := pw.Find(agentUser); ok {
 			s.agentPassword = node.Password
 		}
-		srv, hasServer := pw.Find("server")
+		srv, hasServer := pw.Find(serverUser)
 		if hasServer {
 			if s.tok.Password == "" {
 				s.tok.Password = srv.Password
@@ -408,9 +412,12 @@ func (s *Server) ensurePasswd() error {
 				return nil
 			}
 		}
-		if _, hasNode := pw.Find("node"); hasServer && hasNode {
+		if _, hasNode := pw.Find(agentUser); hasServer && hasNode {
 			return nil
 		}
+	}
+	if !s.firstStart {
+		return nil
 	}
 	if s.tok.Password == "" {
 		p, err := token.GeneratePassword()
@@ -419,11 +426,17 @@ func (s *Server) ensurePasswd() error {
 		}
 		s.tok.Password = p
 	}
-	if s.agentPassword == "" {
-		s.agentPassword = s.tok.Password
+	agent, err := s.newAgentPassword()
+	if err != nil {
+		return err
 	}
-	content := fmt.Sprintf("%s,server,server,kpki:server\n%s,node,node,kpki:agent\n", s.tok.Password, s.agentPassword)
-	return datadir.WriteFile(path, []byte(content), 0o600)
+	prefix := pw.rolePrefix()
+	pw = pw.WithUser(serverUser, prefix+":server", s.tok.Password).WithUser(agentUser, prefix+":agent", agent)
+	if err := datadir.WriteFile(path, pw.Bytes(), 0o600); err != nil {
+		return err
+	}
+	s.agentPassword = agent
+	return nil
 }
 
 // ensureLeaves plans and applies every server leaf; it returns the files it changed.

@@ -64,11 +64,9 @@ type Server struct {
 	servingCertV atomic.Pointer[tls.Certificate]
 	registry     serverRegistry
 
-	passwdMu    sync.Mutex
-	passwdCache Passwd
-	passwdMod   time.Time
-	passwdSize  int64
-	passwdIno   uint64
+	// creds is the passwd this server authenticates with: the bootstrap record's,
+	// switched with the record (settlePasswd, token rotate), not re-read from disk.
+	creds atomic.Pointer[Passwd]
 
 	ready  atomic.Bool
 	cancel context.CancelFunc
@@ -108,11 +106,11 @@ func New(cfg Config, opts Options) (*Server, error) {
 		s.tok = t
 	}
 	if cfg.AgentToken != "" {
-		t, err := token.Parse(cfg.AgentToken)
-		if err != nil {
+		// Checked here; the agent password itself always comes from cred/passwd, which
+		// only a first start creates with it (see ensurePasswd and settlePasswd).
+		if _, err := token.Parse(cfg.AgentToken); err != nil {
 			return nil, fmt.Errorf("--agent-token: %w", err)
 		}
-		s.agentPassword = t.Password
 	}
 	if cfg.ServerURL != "" && cfg.Token == "" {
 		return nil, errors.New("--server needs --token: the cluster's server token")
@@ -185,6 +183,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.startPKI(ctx); err != nil {
 		return err
 	}
+	if err := s.settlePasswd(ctx); err != nil {
+		return err
+	}
 	if err := s.registerServer(ctx); err != nil {
 		return err
 	}
@@ -196,7 +197,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.loadServingCert(); err != nil {
 		return err
 	}
-	s.sup = supervisor.New(supervisor.Config{Log: s.log, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
+	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
 	s.sup.SetCertificate(s.servingCert())
 	s.registerAPI()
 	s.registerAgentAPI()

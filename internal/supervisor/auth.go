@@ -3,7 +3,10 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 )
 
 // Role is what an authenticated caller may do.
@@ -32,7 +35,9 @@ func CallerFrom(ctx context.Context) Caller {
 	return c
 }
 
-// Require wraps h so that it runs only for callers holding one of roles.
+// Require wraps h so that it runs only for callers holding one of roles. Failed
+// authentications are slowed down per remote address (see authLimiter): an address
+// that failed too often is answered 429 with Retry-After until it may try again.
 func (s *Supervisor) Require(h http.HandlerFunc, roles ...Role) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pw, ok := r.BasicAuth()
@@ -41,12 +46,22 @@ func (s *Supervisor) Require(h http.HandlerFunc, roles ...Role) http.Handler {
 			s.Error(w, r, http.StatusUnauthorized, errors.New("authentication required"))
 			return
 		}
+		key := clientKey(r.RemoteAddr)
+		if wait := s.authL.wait(key); wait > 0 {
+			secs := int(math.Ceil(wait.Seconds()))
+			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			s.Error(w, r, http.StatusTooManyRequests,
+				fmt.Errorf("too many failed authentications from %s; try again in %d s", key, secs))
+			return
+		}
 		role, ok := s.cfg.Authenticate(user, pw)
 		if !ok {
+			s.authL.failed(key)
 			w.Header().Set("WWW-Authenticate", `Basic realm="kpki"`)
 			s.Error(w, r, http.StatusUnauthorized, errors.New("invalid credentials"))
 			return
 		}
+		s.authL.succeeded(key)
 		for _, want := range roles {
 			if role == want {
 				h(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, Caller{User: user, Role: role})))

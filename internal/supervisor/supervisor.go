@@ -21,12 +21,15 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/httplimit"
 )
 
 // Config is what the supervisor needs from the server.
 type Config struct {
 	Log *slog.Logger
+	// Clock times the slowing down of failed authentications; the wall clock when nil.
+	Clock clock.Clock
 	// CACerts returns the server CA bundle served at /cacerts.
 	CACerts func() []byte
 	// Ready returns nil when the datastore and the PKI are ready.
@@ -40,14 +43,15 @@ type Config struct {
 
 // Supervisor is the HTTPS API.
 type Supervisor struct {
-	cfg  Config
-	cert atomic.Pointer[tls.Certificate]
-	mux  *http.ServeMux
+	cfg   Config
+	cert  atomic.Pointer[tls.Certificate]
+	mux   *http.ServeMux
+	authL *authLimiter
 }
 
 // New builds the API.
 func New(cfg Config) *Supervisor {
-	s := &Supervisor{cfg: cfg, mux: http.NewServeMux()}
+	s := &Supervisor{cfg: cfg, mux: http.NewServeMux(), authL: newAuthLimiter(cfg.Clock, authBurst, authRefill, authTable)}
 	s.mux.HandleFunc("GET /cacerts", s.cacerts)
 	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")

@@ -8,6 +8,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"unicode"
 )
@@ -87,18 +89,55 @@ func (t Token) Secure() bool {
 	return t.CAHash != ""
 }
 
-// String returns the token in the form Parse accepts: the secure form when
-// the token has a CA hash (without the user part when Username is empty),
-// else the bare password.
+// Redacted stands for the password wherever a token is shown rather than used.
+const Redacted = "********"
+
+// Secret returns the whole token in the form Parse accepts, password included: the
+// secure form when the token has a CA hash (without the user part when Username is
+// empty), else the bare password. Use it only where the token itself must be written
+// (token files, a new token printed for the operator, a request's credentials).
+func (t Token) Secret() string { return t.render(t.Password) }
+
+// String returns the token with its password replaced by Redacted, so that a token
+// printed or logged by accident gives nothing away. Use Secret for the real token.
 func (t Token) String() string {
+	if t.Password == "" {
+		return t.render("")
+	}
+	return t.render(Redacted)
+}
+
+func (t Token) render(pw string) string {
 	if !t.Secure() {
-		return t.Password
+		return pw
 	}
 	if t.Username == "" {
-		return Prefix + t.CAHash + separator + t.Password
+		return Prefix + t.CAHash + separator + pw
 	}
-	return Format(t.CAHash, t.Username, t.Password)
+	return Format(t.CAHash, t.Username, pw)
 }
+
+// GoString is the %#v form, with the password redacted.
+func (t Token) GoString() string {
+	pw := ""
+	if t.Password != "" {
+		pw = Redacted
+	}
+	return fmt.Sprintf("token.Token{CAHash:%q, Username:%q, Password:%q}", t.CAHash, t.Username, pw)
+}
+
+// Format implements fmt.Formatter: every verb and flag prints the redacted token (%#v
+// its GoString), never the password.
+func (t Token) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		_, _ = io.WriteString(f, t.GoString())
+		return
+	}
+	_, _ = io.WriteString(f, t.String())
+}
+
+// LogValue implements slog.LogValuer: the redacted token.
+func (t Token) LogValue() slog.Value { return slog.StringValue(t.String()) }
 
 // GeneratePassword returns 16 random bytes as 32 lowercase hex characters.
 func GeneratePassword() (string, error) {

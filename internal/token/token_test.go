@@ -1,8 +1,11 @@
 package token
 
 import (
+	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,8 +140,8 @@ func TestFixtureToken(t *testing.T) {
 	if !tok.Secure() {
 		t.Error("fixture token is not secure")
 	}
-	if got := tok.String(); got != strings.TrimSpace(string(raw)) {
-		t.Errorf("String() = %q, want the fixture token %q", got, strings.TrimSpace(string(raw)))
+	if got := tok.Secret(); got != strings.TrimSpace(string(raw)) {
+		t.Errorf("Secret() = %q, want the fixture token %q", got, strings.TrimSpace(string(raw)))
 	}
 }
 
@@ -149,7 +152,7 @@ func TestFormat(t *testing.T) {
 	}
 }
 
-func TestString(t *testing.T) {
+func TestSecret(t *testing.T) {
 	tests := []struct {
 		name string
 		tok  Token
@@ -162,14 +165,14 @@ func TestString(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.tok.String(); got != tc.want {
-				t.Fatalf("String() = %q, want %q", got, tc.want)
+			if got := tc.tok.Secret(); got != tc.want {
+				t.Fatalf("Secret() = %q, want %q", got, tc.want)
 			}
 		})
 	}
 }
 
-func TestStringParseRoundTrip(t *testing.T) {
+func TestSecretParseRoundTrip(t *testing.T) {
 	toks := []Token{
 		{CAHash: hash, Username: "server", Password: "a:b"},
 		{CAHash: hash, Password: "pw"},
@@ -177,12 +180,12 @@ func TestStringParseRoundTrip(t *testing.T) {
 		{Password: "server:pw"},
 	}
 	for _, tok := range toks {
-		got, err := Parse(tok.String())
+		got, err := Parse(tok.Secret())
 		if err != nil {
-			t.Fatalf("Parse(%q): %v", tok.String(), err)
+			t.Fatalf("Parse(%#v.Secret()): %v", tok, err)
 		}
 		if got != tok {
-			t.Errorf("Parse(String(%+v)) = %+v", tok, got)
+			t.Errorf("Parse(%#v.Secret()) = %#v", tok, got)
 		}
 	}
 }
@@ -230,5 +233,76 @@ func TestCheckCAHash(t *testing.T) {
 	err := Token{CAHash: h1}.CheckCAHash(h2)
 	if !errors.Is(err, ErrCAHashMismatch) || err.Error() != "token CA hash does not match the Cluster CA certificate hash: "+h1+" != "+h2 {
 		t.Errorf("mismatch: %v", err)
+	}
+}
+
+// TestPrintingRedactsPassword prints tokens every way fmt and slog can and checks that
+// the password never shows while the rest of the token does.
+func TestPrintingRedactsPassword(t *testing.T) {
+	const pw = "5ecre7passw0rd5ecre7passw0rd0000"
+	toks := []struct {
+		name string
+		tok  Token
+		want string // the String form
+	}{
+		{"secure with user", Token{CAHash: hash, Username: "server", Password: pw}, "K10" + hash + "::server:" + Redacted},
+		{"secure without user", Token{CAHash: hash, Password: pw}, "K10" + hash + "::" + Redacted},
+		{"short", Token{Password: pw}, Redacted},
+	}
+	for _, tc := range toks {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.tok.String(); got != tc.want {
+				t.Errorf("String() = %q, want %q", got, tc.want)
+			}
+			if !strings.Contains(tc.tok.Secret(), pw) {
+				t.Fatalf("Secret() = %q lost the password", tc.tok.Secret())
+			}
+			type holder struct {
+				Tok  Token
+				Ptr  *Token
+				Rest string
+			}
+			h := holder{Tok: tc.tok, Ptr: &tc.tok, Rest: "x"}
+			outputs := map[string]string{}
+			for _, f := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%10.3s", "%T %v"} {
+				outputs[f] = fmt.Sprintf(f, tc.tok)
+				outputs[f+" pointer"] = fmt.Sprintf(f, &tc.tok)
+				outputs[f+" in a struct"] = fmt.Sprintf(f, h)
+				outputs[f+" in a slice"] = fmt.Sprintf(f, []Token{tc.tok})
+			}
+			outputs["Sprint"] = fmt.Sprint(tc.tok)
+			outputs["Sprintln"] = fmt.Sprintln(tc.tok)
+			outputs["Errorf %w-free"] = fmt.Errorf("bad token %v", tc.tok).Error()
+			for _, json := range []bool{false, true} {
+				var buf bytes.Buffer
+				var hd slog.Handler = slog.NewTextHandler(&buf, nil)
+				if json {
+					hd = slog.NewJSONHandler(&buf, nil)
+				}
+				l := slog.New(hd)
+				l.Info("token", "token", tc.tok, "ptr", &tc.tok, "any", any(tc.tok))
+				l.Info("group", slog.Group("g", "token", tc.tok))
+				outputs[fmt.Sprintf("slog json=%v", json)] = buf.String()
+			}
+			for what, out := range outputs {
+				if strings.Contains(out, pw) {
+					t.Errorf("%s shows the password: %s", what, out)
+				}
+				if strings.Contains(out, strings.ToUpper(pw)) || strings.Contains(out, hex.EncodeToString([]byte(pw))) {
+					t.Errorf("%s shows the password encoded: %s", what, out)
+				}
+			}
+			for _, what := range []string{"%v", "%+v", "%s", "Sprint", "slog json=false", "slog json=true"} {
+				if !strings.Contains(outputs[what], tc.want) {
+					t.Errorf("%s = %q, want it to show the redacted token %q", what, outputs[what], tc.want)
+				}
+			}
+			if want := `Password:"` + Redacted + `"`; !strings.Contains(outputs["%#v"], want) || !strings.Contains(outputs["%#v"], "token.Token{") {
+				t.Errorf("%%#v = %q, want a Go-syntax value with %s", outputs["%#v"], want)
+			}
+		})
+	}
+	if got := (Token{}).String(); got != "" {
+		t.Errorf("zero Token String() = %q, want empty", got)
 	}
 }

@@ -42,7 +42,9 @@ func snapshotPrefix(t *testing.T, cli *clientv3.Client, prefix string) etcdSnaps
 // TestServerAdoptsK3sBootstrapRecord puts a bootstrap record written the K3s way into a Debian
 // etcd and starts kpki on it as an external datastore: the record's files must land on disk
 // byte for byte with the record's timestamps, and any other token must be refused without
-// writing anything.
+// writing anything. K3s gives agents the server password; kpki replaces the agent entry of
+// the record's passwd by a distinct password (compare-and-swap on the same key, every other
+// field kept as K3s wrote it, unknown ones included) so that its agent token is no server token.
 func TestServerAdoptsK3sBootstrapRecord(t *testing.T) {
 	t.Parallel()
 	token := strings.TrimSpace(string(readFile(t, filepath.Join(k3sFixture, "token"))))
@@ -96,15 +98,60 @@ func TestServerAdoptsK3sBootstrapRecord(t *testing.T) {
 			s := startServer(t, dd, append([]string{"--token", token}, datastore...)...)
 			s.WaitReady(t)
 			serverDir := filepath.Join(dd, "server")
+
+			// The record after the start: the same single key, every field but PasswdFile
+			// as K3s wrote it, and PasswdFile with a distinct agent password.
+			record := snapshotPrefix(t, cli, "/bootstrap/")
+			if len(record) != 1 || record[etcdKey].value == "" {
+				t.Fatalf("the bootstrap keys after the start are %d, want only %s", len(record), etcdKey)
+			}
+			after, err := decryptBootstrap(pass, record[etcdKey].value)
+			if err != nil {
+				t.Fatalf("the record after the start does not decrypt with the fixture token: %v", err)
+			}
+			var afterRec map[string]bootstrapEntry
+			if err := json.Unmarshal(after, &afterRec); err != nil {
+				t.Fatal(err)
+			}
+			for field, e := range wantRec {
+				if field != "PasswdFile" && !reflect.DeepEqual(afterRec[field], e) {
+					t.Errorf("the start changed %s in the K3s record", field)
+				}
+			}
+			agentTok := strings.TrimSpace(string(readFile(t, filepath.Join(serverDir, "agent-token"))))
+			am := agentTokenRE.FindStringSubmatch(agentTok)
+			if am == nil || am[1] != caHashPart || am[2] == pass {
+				t.Fatalf("agent-token is not K10<the fixture hash>::node:<a password other than the server's>")
+			}
+			fixturePasswd := strings.Split(strings.TrimSpace(string(readFile(t, filepath.Join(k3sFixture, "cred", "passwd")))), "\n")
+			wantPasswd := fixturePasswd[0] + "\n" + am[2] + ",node,node,k3s:agent\n"
+			if fixturePasswd[0] != pass+",server,server,k3s:server" || fixturePasswd[1] != pass+",node,node,k3s:agent" {
+				t.Fatalf("the fixture passwd is not K3s's server and node entries with the token password")
+			}
+			if got := string(afterRec["PasswdFile"].Content); got != wantPasswd {
+				t.Errorf("the record's PasswdFile after the start is not the K3s server entry and a distinct k3s:agent entry")
+			}
+			if !strings.Contains(s.Stderr(), "agent password was the server password") {
+				t.Errorf("the server did not warn that it replaced the agent password")
+			}
+			wantRecord := map[string]bootstrapEntry{}
+			for field, e := range wantRec {
+				wantRecord[field] = e
+			}
+			wantRecord["PasswdFile"] = afterRec["PasswdFile"]
+
 			for field, rel := range bootstrapFiles {
-				fixture := filepath.Join(k3sFixture, rel)
+				fixture := readFile(t, filepath.Join(k3sFixture, rel))
+				if field == "PasswdFile" {
+					fixture = []byte(wantPasswd)
+				}
 				got := filepath.Join(serverDir, rel)
 				data, err := os.ReadFile(got)
 				if err != nil {
 					t.Errorf("%s (record field %s): %v", rel, field, err)
 					continue
 				}
-				if !bytes.Equal(data, readFile(t, fixture)) {
+				if !bytes.Equal(data, fixture) {
 					t.Errorf("%s differs from the record's %s", got, field)
 				}
 				info, err := os.Stat(got)
@@ -114,7 +161,7 @@ func TestServerAdoptsK3sBootstrapRecord(t *testing.T) {
 				if info.Mode().Perm() != 0o600 {
 					t.Errorf("%s: mode %v, want 0600", got, info.Mode().Perm())
 				}
-				ts, err := time.Parse(time.RFC3339Nano, wantRec[field].Timestamp)
+				ts, err := time.Parse(time.RFC3339Nano, wantRecord[field].Timestamp)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -144,9 +191,8 @@ func TestServerAdoptsK3sBootstrapRecord(t *testing.T) {
 			}
 			s.Stop(t)
 
-			record := snapshotPrefix(t, cli, "/bootstrap/")
-			if len(record) != 1 || record[etcdKey].value != string(value) {
-				t.Errorf("the bootstrap keys after the start are %d, want only %s with the fixture value", len(record), etcdKey)
+			if stopped := snapshotPrefix(t, cli, "/bootstrap/"); !reflect.DeepEqual(stopped, record) {
+				t.Errorf("the bootstrap keys changed after the server was ready: %d keys", len(stopped))
 			}
 			for _, wrong := range []struct{ name, token string }{
 				{"same CA hash, wrong password", "K10" + caHashPart + "::server:wrongpassword"},

@@ -87,7 +87,7 @@ func StartLocal(ctx context.Context, c EmbeddedConfig) (*Local, error) {
 	cli := v3client.New(e.Server)
 	cli.KV = serializableKV{cli.KV}
 	return &Local{
-		Store:   &Store{cli: cli, Endpoints: []string{"local member " + c.DataDir}},
+		Store:   newStore(cli, []string{"local member " + c.DataDir}),
 		etcd:    e,
 		Members: members,
 	}, nil

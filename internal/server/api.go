@@ -229,12 +229,17 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	oldKey, newKey := s.bootstrapKey, bootstrap.KeyName(newPW)
+	if err := s.writePendingToken(newPW); err != nil {
+		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("nothing was changed: %w", err))
+		return
+	}
 	newRev, err := s.store.Replace(ctx, oldKey, rev, newKey, []byte(value))
 	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, datastore.ErrConflict) {
 			code = http.StatusConflict
 			err = errors.New("the bootstrap data changed concurrently; nothing was written, try again")
+			s.dropPendingToken()
 		}
 		s.datastoreError(w, r, code, err)
 		return
@@ -249,7 +254,9 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		warnings = append(warnings, fmt.Sprintf("%s was not written (%v); this server already uses the new token, and the file is written from the datastore at its next start", s.layout.PasswdFile(), err))
 	}
 	if err := s.writeDerived(); err != nil {
-		warnings = append(warnings, fmt.Sprintf("the token files were not written (%v); keep the new token printed here and start this server with --token", err))
+		warnings = append(warnings, fmt.Sprintf("the token files were not written (%v); keep the new token printed here: the next start of this server takes it from %s", err, s.pendingTokenFile()))
+	} else {
+		s.dropPendingToken()
 	}
 	for _, m := range warnings {
 		s.log.Error("token rotated in the datastore, but "+m, "token-file", s.layout.TokenFile())

@@ -32,6 +32,7 @@ func (s *Server) loadTokenFile() error {
 		return fmt.Errorf("token file %s: %w", s.layout.TokenFile(), err)
 	}
 	s.tok = token.Token{Password: t.Password}
+	s.tokenFromFile = true
 	return nil
 }
 
@@ -109,6 +110,12 @@ func (s *Server) readRecord(ctx context.Context) (*bootstrap.Record, int64, erro
 	s.bootstrapKey = key
 	value, rev, err := s.store.Get(ctx, key)
 	if errors.Is(err, datastore.ErrNotFound) {
+		if adopted, err := s.adoptPendingToken(ctx); err != nil || adopted {
+			if err != nil {
+				return nil, 0, err
+			}
+			return s.readRecord(ctx)
+		}
 		keys, err := s.store.Keys(ctx, bootstrap.KeyPrefix)
 		if err != nil {
 			return nil, 0, err

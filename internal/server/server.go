@@ -55,6 +55,8 @@ type Server struct {
 	mu            sync.Mutex // serializes PKI changes (start-up, renewer)
 	cas           map[certs.CAID]*pki.CA
 	tok           token.Token
+	// tokenFromFile: the server password came from <dd>/server/token, not --token.
+	tokenFromFile bool
 	agentPassword string
 	bootstrapKey  string
 	bootstrapRev  atomic.Int64
@@ -186,6 +188,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.settlePasswd(ctx); err != nil {
 		return err
 	}
+	// The token files now hold the token the record is under: a recorded rotation is
+	// finished, or never reached the datastore.
+	s.dropPendingToken()
 	if err := s.registerServer(ctx); err != nil {
 		return err
 	}

@@ -52,9 +52,9 @@ type Server struct {
 	store    *datastore.Store
 	embedded *datastore.Embedded
 
-	mu            sync.Mutex // serializes PKI changes (start-up, renewer)
-	cas           map[certs.CAID]*pki.CA
-	tok           token.Token
+	mu  sync.Mutex // serializes PKI changes (start-up, renewer)
+	cas map[certs.CAID]*pki.CA
+	tok token.Token
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
 	agentPassword string

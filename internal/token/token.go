@@ -88,13 +88,14 @@ func (t Token) Secure() bool {
 }
 
 // String returns the token in the form Parse accepts: the secure form when
-// the token has a CA hash (without the user part when Username is empty),
+// the token has a CA hash (without the user part when Username is empty and
+// the password holds no ':', which would be read as the end of a user name),
 // else the bare password.
 func (t Token) String() string {
 	if !t.Secure() {
 		return t.Password
 	}
-	if t.Username == "" {
+	if t.Username == "" && !strings.Contains(t.Password, ":") {
 		return Prefix + t.CAHash + separator + t.Password
 	}
 	return Format(t.CAHash, t.Username, t.Password)

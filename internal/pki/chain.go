@@ -15,25 +15,50 @@ func IsSelfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
+// maxRootChecks bounds the signature checks of one FindRoot.
+const maxRootChecks = 1000
+
 // FindRoot walks from bundle[0] through the other certificates of bundle to a
 // self-signed root, preferring at each step an issuer that is itself self-signed, so
 // that a bundle holding a new root next to its cross-signed copy reaches the new root.
 // A single self-signed certificate is its own root.
+//
+// The search gives up after maxRootChecks signature checks (RawIssuer matching the
+// candidate's RawSubject), far more than any real chain needs: a bundle of many
+// certificates sharing a name would otherwise cost a number of checks quadratic in its
+// size, and FindRoot runs on bundles from servers not yet trusted.
 func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 	if len(bundle) == 0 {
 		return nil, errors.New("empty certificate bundle")
 	}
+	checks := 0
+	signedBy := func(c, parent *x509.Certificate) bool {
+		if !bytes.Equal(c.RawIssuer, parent.RawSubject) {
+			return false
+		}
+		checks++
+		return c.CheckSignatureFrom(parent) == nil
+	}
+	tooMany := func() error {
+		return fmt.Errorf("certificate bundle of %d certificates is too complex to find its root (over %d signature checks)", len(bundle), maxRootChecks)
+	}
 	cur := bundle[0]
 	seen := map[*x509.Certificate]bool{cur: true}
-	for !IsSelfSigned(cur) {
+	for !signedBy(cur, cur) {
 		var next *x509.Certificate
 		for _, cand := range bundle[1:] {
-			if seen[cand] || !bytes.Equal(cand.RawSubject, cur.RawIssuer) || cur.CheckSignatureFrom(cand) != nil {
+			if checks > maxRootChecks {
+				return nil, tooMany()
+			}
+			if seen[cand] || !signedBy(cur, cand) {
 				continue
 			}
-			if next == nil || (IsSelfSigned(cand) && !IsSelfSigned(next)) {
+			if next == nil || (signedBy(cand, cand) && !signedBy(next, next)) {
 				next = cand
 			}
+		}
+		if checks > maxRootChecks {
+			return nil, tooMany()
 		}
 		if next == nil {
 			return nil, fmt.Errorf("no issuer of %q in the bundle: the file must hold the CA's chain up to a self-signed root", cur.Subject.String())

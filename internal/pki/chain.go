@@ -15,15 +15,26 @@ func IsSelfSigned(c *x509.Certificate) bool {
 	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
 }
 
+// maxRootChecks bounds the signature checks of one FindRoot.
+const maxRootChecks = 1000
+
 // FindRoot walks from bundle[0] through the other certificates of bundle to a
 // self-signed root, preferring at each step an issuer that is itself self-signed, so
 // that a bundle holding a new root next to its cross-signed copy reaches the new root.
 // A single self-signed certificate is its own root.
+//
+// The search gives up after maxRootChecks signature checks (RawIssuer matching the
+// candidate's RawSubject), far more than any real chain needs: a bundle of many
+// certificates sharing a name would otherwise cost a number of checks quadratic in its
+// size, and FindRoot runs on bundles from servers not yet trusted.
 func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 	if len(bundle) == 0 {
 		return nil, errors.New("empty certificate bundle")
 	}
-	path := chainPath(bundle[0], bundle[1:])
+	path, err := chainPath(bundle[0], bundle[1:])
+	if err != nil {
+		return nil, err
+	}
 	cur := path[len(path)-1]
 	if !IsSelfSigned(cur) {
 		return nil, fmt.Errorf("no issuer of %q in the bundle: the file must hold the CA's chain up to a self-signed root", cur.Subject.String())
@@ -33,20 +44,38 @@ func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 
 // chainPath is the path FindRoot walks: start, then at each step the issuer of the last
 // certificate found among candidates (a self-signed one preferred), up to a self-signed
-// certificate or to the last certificate whose issuer is not in candidates.
-func chainPath(start *x509.Certificate, candidates []*x509.Certificate) []*x509.Certificate {
+// certificate or to the last certificate whose issuer is not in candidates. It gives up
+// after maxRootChecks signature checks.
+func chainPath(start *x509.Certificate, candidates []*x509.Certificate) ([]*x509.Certificate, error) {
+	checks := 0
+	signedBy := func(c, parent *x509.Certificate) bool {
+		if !bytes.Equal(c.RawIssuer, parent.RawSubject) {
+			return false
+		}
+		checks++
+		return c.CheckSignatureFrom(parent) == nil
+	}
+	tooMany := func() error {
+		return fmt.Errorf("certificate bundle of %d certificates is too complex to find its root (over %d signature checks)", len(candidates)+1, maxRootChecks)
+	}
 	path := []*x509.Certificate{start}
 	seen := map[string]bool{string(start.Raw): true}
 	cur := start
-	for !IsSelfSigned(cur) {
+	for !signedBy(cur, cur) {
 		var next *x509.Certificate
 		for _, cand := range candidates {
-			if seen[string(cand.Raw)] || !bytes.Equal(cand.RawSubject, cur.RawIssuer) || cur.CheckSignatureFrom(cand) != nil {
+			if checks > maxRootChecks {
+				return nil, tooMany()
+			}
+			if seen[string(cand.Raw)] || !signedBy(cur, cand) {
 				continue
 			}
-			if next == nil || (IsSelfSigned(cand) && !IsSelfSigned(next)) {
+			if next == nil || (signedBy(cand, cand) && !signedBy(next, next)) {
 				next = cand
 			}
+		}
+		if checks > maxRootChecks {
+			return nil, tooMany()
 		}
 		if next == nil {
 			break
@@ -55,7 +84,7 @@ func chainPath(start *x509.Certificate, candidates []*x509.Certificate) []*x509.
 		path = append(path, next)
 		cur = next
 	}
-	return path
+	return path, nil
 }
 
 // ChainExpiry returns the earliest NotAfter of the CA's signing chain — its certificate
@@ -63,10 +92,14 @@ func chainPath(start *x509.Certificate, candidates []*x509.Certificate) []*x509.
 // the certificate that expires then. Nothing signed by the CA can be trusted past that
 // instant, so it caps the validity of every leaf the CA signs. Certificates of the
 // bundle off that path (the old root and the cross-signed copy kept after a rotation)
-// do not count.
+// do not count; a bundle too complex to walk counts whole.
 func (ca *CA) ChainExpiry() (time.Time, *x509.Certificate) {
+	path, err := chainPath(ca.Cert, ca.Bundle)
+	if err != nil {
+		path = append([]*x509.Certificate{ca.Cert}, ca.Bundle...)
+	}
 	first := ca.Cert
-	for _, c := range chainPath(ca.Cert, ca.Bundle)[1:] {
+	for _, c := range path[1:] {
 		if c.NotAfter.Before(first.NotAfter) {
 			first = c
 		}

@@ -94,7 +94,7 @@ const Redacted = "********"
 
 // Secret returns the whole token in the form Parse accepts, password included: the
 // secure form when the token has a CA hash (without the user part when Username is
-// empty), else the bare password. Use it only where the token itself must be written
+// empty and the password holds no ':', which would be read as the end of a user name), else the bare password. Use it only where the token itself must be written
 // (token files, a new token printed for the operator, a request's credentials).
 func (t Token) Secret() string { return t.render(t.Password) }
 
@@ -111,7 +111,7 @@ func (t Token) render(pw string) string {
 	if !t.Secure() {
 		return pw
 	}
-	if t.Username == "" {
+	if t.Username == "" && !strings.Contains(t.Password, ":") {
 		return Prefix + t.CAHash + separator + pw
 	}
 	return Format(t.CAHash, t.Username, pw)

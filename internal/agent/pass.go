@@ -247,14 +247,8 @@ func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, wan
 	if keyOut != nil {
 		res.Written = append(res.Written, kf)
 	}
-	action := "renewed"
 	if d.Action == certs.Issue {
 		res.Issued = append(res.Issued, crt)
-		if d.Cert == nil {
-			action = "issued"
-		} else {
-			action = "renewed with a new key"
-		}
 	} else {
 		res.Renewed = append(res.Renewed, crt)
 	}
@@ -262,7 +256,8 @@ func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, wan
 	if d.Cert != nil {
 		attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
 	}
-	a.log.Info(action+" certificate", attrs...)
+	_, message := d.Applied()
+	a.log.Info(message, attrs...)
 
 	if keyOut == nil {
 		keyOut = keyPEM

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 )
@@ -148,9 +149,19 @@ func CertEntry(action, actor, file string, c, old *x509.Certificate) Entry {
 		Actor:          actor,
 		File:           file,
 		Subject:        c.Subject.String(),
-		Serial:         c.SerialNumber.Text(16),
+		Serial:         SerialHex(c),
 		Fingerprint:    Fingerprint(c),
 		OldFingerprint: Fingerprint(old),
 		NotAfter:       c.NotAfter.UTC().Format(time.RFC3339),
 	}
+}
+
+// SerialHex is a certificate's serial number the way `openssl x509 -noout -serial` prints
+// it: upper-case hex, an even number of digits.
+func SerialHex(c *x509.Certificate) string {
+	h := strings.ToUpper(c.SerialNumber.Text(16))
+	if len(h)%2 == 1 {
+		h = "0" + h
+	}
+	return h
 }

@@ -294,7 +294,7 @@ func TestCertEntry(t *testing.T) {
 				Actor:          tc.actor,
 				File:           tc.file,
 				Subject:        tc.cert.Subject.String(),
-				Serial:         tc.cert.SerialNumber.Text(16),
+				Serial:         SerialHex(tc.cert),
 				Fingerprint:    sha256Hex(tc.cert.Raw),
 				OldFingerprint: tc.wantOld,
 				NotAfter:       tc.cert.NotAfter.UTC().Format(time.RFC3339),
@@ -330,7 +330,7 @@ func TestCertEntryRoundTripHoldsNoKey(t *testing.T) {
 		}
 	}
 	got := readEntries(t, path)
-	if len(got) != 1 || got[0].Serial != leaf.SerialNumber.Text(16) || got[0].Subject != "CN=system:node:node-1,O=system:nodes" {
+	if len(got) != 1 || got[0].Serial != SerialHex(leaf) || got[0].Subject != "CN=system:node:node-1,O=system:nodes" {
 		t.Errorf("read back %+v", got)
 	}
 }

@@ -49,6 +49,20 @@ type Decision struct {
 	Key crypto.Signer
 }
 
+// Applied names what carrying out an Issue or Renew decision did, in the same words for
+// every node: the audit action ("issue" for a new key, "renew" for a kept one) and the log
+// message.
+func (d Decision) Applied() (auditAction, logMessage string) {
+	switch {
+	case d.Action == Issue && d.Cert == nil:
+		return "issue", "issued certificate"
+	case d.Action == Issue:
+		return "issue", "renewed certificate with a new key"
+	default:
+		return "renew", "renewed certificate"
+	}
+}
+
 // CorruptError reports a cert or key file that exists but cannot be used.
 type CorruptError struct {
 	What string // "certificate" or "key"

@@ -152,7 +152,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 	e := audit.CertEntry("issue", node, leaf.Name+".crt", cert, nil)
 	e.Time, e.RemoteAddr = s.clock.Now().UTC(), r.RemoteAddr
 	s.writeAudit(e)
-	s.log.Info("issued node certificate", "node", node, "certificate", leaf.Name, "serial", cert.SerialNumber.Text(16), "remote", r.RemoteAddr)
+	s.log.Info("issued node certificate", "node", node, "certificate", leaf.Name, "serial", audit.SerialHex(cert), "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	w.Write(certs.BuildCertFile(cert, ca))
 }

@@ -495,20 +495,18 @@ func (s *Server) ensureLeaves(actor string) ([]string, error) {
 			return nil, err
 		}
 		changed = append(changed, crt)
-		action := "issue"
-		if d.Cert != nil {
-			action = "renew"
-		}
+		action, message := d.Applied()
 		s.metrics.Issued.WithLabelValues(l.Kind).Inc()
 		s.auditCert(action, actor, crt, cert, d.Cert)
-		attrs := []any{"file", crt, "reason", d.Reason, "new-expiry", cert.NotAfter.UTC()}
+		reason := d.Reason
+		if d.Cert == nil && s.rotating {
+			reason = "removed by `kpki certificate rotate`"
+		}
+		attrs := []any{"file", crt, "reason", reason, "new-expiry", cert.NotAfter.UTC()}
 		if d.Cert != nil {
 			attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
 		}
-		if d.Action == certs.Issue {
-			attrs = append(attrs, "new-key", true)
-		}
-		s.log.Info(action+"d certificate", attrs...)
+		s.log.Info(message, attrs...)
 	}
 	s.updateExpiryMetrics()
 	return changed, nil

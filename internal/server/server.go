@@ -57,6 +57,8 @@ type Server struct {
 	tok token.Token
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
+	// rotating: this start follows `certificate rotate` (the force-restart marker).
+	rotating bool
 	agentPassword string
 	bootstrapKey  string
 	bootstrapRev  atomic.Int64
@@ -172,7 +174,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if tightened, err := datadir.TightenDirs(s.layout.Server()); err != nil {
 		return err
 	} else if len(tightened) > 0 {
-		s.log.Warn("directories holding keys were open to other users; set them to 0700", "dirs", tightened)
+		s.log.Warn("directories holding keys were open to other users; kpki set them to 0700", "dirs", tightened)
 	}
 	if done, err := datadir.Recover(s.layout.Server()); err != nil {
 		return err
@@ -182,6 +184,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.loadTokenFile(); err != nil {
 		return err
 	}
+	s.rotating = datadir.Exists(s.layout.ForceRestart())
 	if err := s.startPKI(ctx); err != nil {
 		return err
 	}

@@ -58,7 +58,7 @@ type Server struct {
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
 	// rotating: this start follows `certificate rotate` (the force-restart marker).
-	rotating bool
+	rotating      bool
 	agentPassword string
 	bootstrapKey  string
 	bootstrapRev  atomic.Int64

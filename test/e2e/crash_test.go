@@ -129,9 +129,9 @@ func crashScenarios() []crashScenario {
 		{name: "restart-with-renewal", window: 2500 * time.Millisecond, setup: newCrashEnv(true), crash: crashRestart},
 		{name: "rotate-then-start", window: 2500 * time.Millisecond, setup: newCrashEnv(true), crash: crashRotateThenStart},
 		{name: "rotate-ca-then-restart", window: 3000 * time.Millisecond, setup: newCrashEnv(true), crash: crashRotateCA},
-		{name: "token-rotate", window: 800 * time.Millisecond, setup: newCrashEnv(true), crash: crashTokenRotate},
-		{name: "agent-join", window: 600 * time.Millisecond, setup: newAgentCrashEnv, crash: crashAgentJoin},
-		{name: "agent-renewal", window: 600 * time.Millisecond, setup: newAgentCrashEnv, crash: crashAgentRenewal},
+		{name: "token-rotate", window: 300 * time.Millisecond, setup: newCrashEnv(true), crash: crashTokenRotate},
+		{name: "agent-join", window: 350 * time.Millisecond, setup: newAgentCrashEnv, crash: crashAgentJoin},
+		{name: "agent-renewal", window: 250 * time.Millisecond, setup: newAgentCrashEnv, crash: crashAgentRenewal},
 	}
 }
 

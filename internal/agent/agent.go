@@ -161,7 +161,7 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if a.clock == nil {
 		a.clock = clock.Real{}
 	}
-	a.sleep = func(ctx context.Context, d time.Duration) error { return sleepOn(ctx, a.clock, d) }
+	a.sleep = func(ctx context.Context, d time.Duration) error { return clock.Sleep(ctx, a.clock, d) }
 	a.issuer = pki.NewIssuer(a.clock, nil)
 	if opts.Transport != nil {
 		a.transport = opts.Transport.Clone()

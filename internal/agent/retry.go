@@ -213,18 +213,6 @@ func (r *retrier) run(ctx context.Context, start int, attempt func(ctx context.C
 	}
 }
 
-// sleepOn waits d on clk, or until ctx ends.
-func sleepOn(ctx context.Context, clk clock.Clock, d time.Duration) error {
-	t := clk.NewTicker(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C():
-		return nil
-	}
-}
-
 // jitter spreads a wait over [3/4 d, 5/4 d), so that agents that failed together do not
 // retry together.
 func jitter(d time.Duration) time.Duration {

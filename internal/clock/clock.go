@@ -4,6 +4,7 @@
 package clock
 
 import (
+	"context"
 	"sort"
 	"sync"
 	"time"
@@ -120,5 +121,17 @@ func (t *fakeTicker) Stop() {
 			t.f.tickers = append(t.f.tickers[:i], t.f.tickers[i+1:]...)
 			return
 		}
+	}
+}
+
+// Sleep waits d on clk, or until ctx ends (then it returns ctx's error).
+func Sleep(ctx context.Context, clk Clock, d time.Duration) error {
+	t := clk.NewTicker(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
 	}
 }

@@ -10,8 +10,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/kpki/kpki/internal/clock"
 )
 
 // ErrNoQuorum means the datastore cannot commit or serve a consistent read: its etcd
@@ -137,18 +135,6 @@ func classify(err error, attempt context.Context) failure {
 // refuses at once instead of waiting for one.
 func attemptContext(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(clientv3.WithRequireLeader(ctx), d)
-}
-
-// sleepCtx waits d on clk, or until ctx ends.
-func sleepCtx(ctx context.Context, clk clock.Clock, d time.Duration) error {
-	t := clk.NewTicker(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C():
-		return nil
-	}
 }
 
 // do runs attempt until it succeeds, fails permanently, or the retry budget is spent.

@@ -44,7 +44,7 @@ type Store struct {
 // newStore wraps cli with the default retry policy on the wall clock.
 func newStore(cli *clientv3.Client, endpoints []string) *Store {
 	s := &Store{cli: cli, Endpoints: endpoints, policy: defaultRetry, clock: clock.Real{}}
-	s.sleep = func(ctx context.Context, d time.Duration) error { return sleepCtx(ctx, s.clock, d) }
+	s.sleep = func(ctx context.Context, d time.Duration) error { return clock.Sleep(ctx, s.clock, d) }
 	return s
 }
 

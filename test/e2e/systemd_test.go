@@ -303,3 +303,39 @@ func TestSystemdNotifyAgent(t *testing.T) {
 		t.Fatalf("%d 'kpki agent stopping' lines after SIGTERM, want 1:\n%s", n, log())
 	}
 }
+
+// TestMakeInstall stages `make install` in a DESTDIR: binary and units land where the units
+// expect them, and an env file already there (it may hold a token) is kept.
+func TestMakeInstall(t *testing.T) {
+	requireTools(t, "make", "install")
+	bin := binary(t)
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := t.TempDir()
+	units := filepath.Join(dest, "usr", "local", "lib", "systemd", "system")
+	writeFile(t, filepath.Join(units, "kpki.env"), []byte("KPKI_TOKEN=kept\n"), 0o600)
+	run(t, root, nil, "make", "-s", "install", "BIN="+bin, "DESTDIR="+dest)
+	if got, want := readFile(t, filepath.Join(dest, "usr", "local", "bin", "kpki")), readFile(t, bin); string(got) != string(want) {
+		t.Fatal("/usr/local/bin/kpki is not the built binary")
+	}
+	if m := fileMode(t, filepath.Join(dest, "usr", "local", "bin", "kpki")); m != 0o755 {
+		t.Errorf("/usr/local/bin/kpki mode %v, want 0755", m)
+	}
+	for name := range unitFiles {
+		if got, want := readFile(t, filepath.Join(units, name)), readFile(t, unitPath(t, name)); string(got) != string(want) {
+			t.Errorf("installed %s differs from dist/systemd/%s", name, name)
+		}
+	}
+	if got := string(readFile(t, filepath.Join(units, "kpki.env"))); got != "KPKI_TOKEN=kept\n" {
+		t.Errorf("make install overwrote an existing kpki.env: %q", got)
+	}
+	agentEnv := filepath.Join(units, "kpki-agent.env")
+	if got, want := readFile(t, agentEnv), readFile(t, unitPath(t, "kpki-agent.env")); string(got) != string(want) {
+		t.Errorf("kpki-agent.env not installed from dist/systemd")
+	}
+	if m := fileMode(t, agentEnv); m != 0o600 {
+		t.Errorf("kpki-agent.env mode %v, want 0600", m)
+	}
+}

@@ -1,8 +1,23 @@
 # Test entry points; .ci/run runs `make test`.
-.PHONY: build test unit fuzz fuzz-short e2e lint crash
+.PHONY: build install test unit fuzz fuzz-short e2e lint crash
 
 build:
 	go build -o kpki ./cmd/kpki
+
+# The binary and the systemd units where the units expect them (RKE2's places):
+# /usr/local/bin/kpki, /usr/local/lib/systemd/system/kpki{,-agent}.service and the example
+# env files beside them, which are kept when present (they may hold a token). BIN is built
+# when missing; DESTDIR stages the tree elsewhere. Then: systemctl daemon-reload.
+BIN ?= kpki
+UNITDIR = $(DESTDIR)/usr/local/lib/systemd/system
+install:
+	test -x $(BIN) || go build -o $(BIN) ./cmd/kpki
+	install -D -m 0755 $(BIN) $(DESTDIR)/usr/local/bin/kpki
+	install -D -m 0644 dist/systemd/kpki.service $(UNITDIR)/kpki.service
+	install -D -m 0644 dist/systemd/kpki-agent.service $(UNITDIR)/kpki-agent.service
+	for f in kpki.env kpki-agent.env; do \
+	  test -e $(UNITDIR)/$$f || install -m 0600 dist/systemd/$$f $(UNITDIR)/$$f || exit 1; \
+	done
 
 # Everything: unit tests and a short run of each fuzz target, end-to-end tests of the
 # module, then the Kubernetes suite.

@@ -25,6 +25,7 @@ import (
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/sdnotify"
 	"github.com/kpki/kpki/internal/token"
 	"github.com/kpki/kpki/internal/trust"
 )
@@ -268,10 +269,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.log.Info("kpki agent starting", "server", a.serverList(), "node", a.nodeName, "data-dir", a.layout.Agent())
 	retry := time.Duration(0)
+	ready := false
 	for {
 		res, err := a.passWithRetry(ctx)
 		if ctx.Err() != nil {
+			a.stopping()
 			return nil
+		}
+		if err == nil && !ready {
+			ready = true
+			if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+				a.log.Warn("could not tell systemd the agent is ready", "error", err)
+			}
 		}
 		if a.onPass != nil {
 			a.onPass(res, err)
@@ -291,12 +300,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			a.log.Info("kpki agent stopping")
+			a.stopping()
 			return nil
 		case <-t.C():
 			t.Stop()
 		}
 	}
+}
+
+// stopping logs the shutdown and tells systemd about it.
+func (a *Agent) stopping() {
+	a.log.Info("kpki agent stopping")
+	_, _ = sdnotify.Notify(sdnotify.Stopping)
 }
 
 // RunOnce runs one pass: join the cluster or renew what is due. A pass that fails with

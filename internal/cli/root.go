@@ -54,6 +54,8 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
+	root.Version = version() // --version prints what `kpki version` prints
+	root.SetVersionTemplate("kpki {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newServerCmd(), newAgentCmd(), newCertificateCmd(), newTokenCmd(), newVersionCmd())

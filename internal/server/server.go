@@ -21,6 +21,7 @@ import (
 	"github.com/kpki/kpki/internal/httplimit"
 	"github.com/kpki/kpki/internal/metrics"
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/sdnotify"
 	"github.com/kpki/kpki/internal/supervisor"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -140,11 +141,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.Start(ctx); err != nil {
 		return err
 	}
+	if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
+		s.log.Warn("could not tell systemd the server is ready", "error", err)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
+		s.log.Info("kpki server stopping")
 	case err = <-s.fatal:
 	}
+	_, _ = sdnotify.Notify(sdnotify.Stopping)
 	s.Stop()
 	return err
 }

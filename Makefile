@@ -15,6 +15,7 @@ install:
 	install -D -m 0755 $(BIN) $(DESTDIR)/usr/local/bin/kpki
 	install -D -m 0644 dist/systemd/kpki.service $(UNITDIR)/kpki.service
 	install -D -m 0644 dist/systemd/kpki-agent.service $(UNITDIR)/kpki-agent.service
+	install -D -m 0644 docs/operations.md $(DESTDIR)/usr/local/share/doc/kpki/operations.md
 	for f in kpki.env kpki-agent.env; do \
 	  test -e $(UNITDIR)/$$f || install -m 0600 dist/systemd/$$f $(UNITDIR)/$$f || exit 1; \
 	done

@@ -323,6 +323,10 @@ func TestMakeInstall(t *testing.T) {
 	if m := fileMode(t, filepath.Join(dest, "usr", "local", "bin", "kpki")); m != 0o755 {
 		t.Errorf("/usr/local/bin/kpki mode %v, want 0755", m)
 	}
+	doc := filepath.Join(dest, "usr", "local", "share", "doc", "kpki", "operations.md")
+	if got, want := readFile(t, doc), readFile(t, filepath.Join(root, "docs", "operations.md")); string(got) != string(want) {
+		t.Errorf("%s is not docs/operations.md, which the units name as their documentation", doc)
+	}
 	for name := range unitFiles {
 		if got, want := readFile(t, filepath.Join(units, name)), readFile(t, unitPath(t, name)); string(got) != string(want) {
 			t.Errorf("installed %s differs from dist/systemd/%s", name, name)

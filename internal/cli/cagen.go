@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -28,6 +31,37 @@ func applyScriptSources(cmd *cobra.Command) error {
 		}
 	}
 	return applySources(cmd)
+}
+
+// nextStepFlags are the flags a printed kpki command needs to act on the same data dir
+// and config file as cmd: --data-dir when it is not the default, --config when one was
+// named (flag or KPKI_CONFIG).
+func nextStepFlags(cmd *cobra.Command, dataDir string) string {
+	var out string
+	if f := cmd.Flags().Lookup("data-dir"); f != nil && filepath.Clean(dataDir) != filepath.Clean(f.DefValue) {
+		out += " --data-dir=" + absOrSelf(dataDir)
+	}
+	if p, explicit := configPath(cmd); explicit {
+		out += " --config=" + absOrSelf(p)
+	}
+	return out
+}
+
+// withNextStepFlags runs fn with a buffer for its messages and copies them to out,
+// adding flags to the suggested `kpki certificate rotate-ca` lines.
+func withNextStepFlags(out io.Writer, flags string, fn func(io.Writer) error) error {
+	var buf bytes.Buffer
+	err := fn(&buf)
+	const prefix = "    kpki certificate rotate-ca "
+	for _, line := range strings.SplitAfter(buf.String(), "\n") {
+		if strings.HasPrefix(line, prefix) && flags != "" {
+			line = strings.TrimSuffix(line, "\n") + flags + "\n"
+		}
+		if _, werr := io.WriteString(out, line); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
 }
 
 func newGenerateCACmd() *cobra.Command {
@@ -59,7 +93,7 @@ service.key, then load it with 'kpki certificate rotate-ca --path=<that dir>/ser
 			if def := cmd.Flags().Lookup("data-dir").DefValue; filepath.Clean(dataDir) != filepath.Clean(def) {
 				fmt.Fprintln(out)
 				fmt.Fprintln(out, "To update certificates on an existing cluster, you may now run:")
-				fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s\n", absOrSelf(l.Server()))
+				fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s%s\n", absOrSelf(l.Server()), nextStepConfigFlag(cmd))
 			}
 			return nil
 		},
@@ -85,8 +119,10 @@ rotate-ca directory is replaced. Prints the new join tokens and the rotate-ca co
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applyScriptSources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := cagen.CrossSignCA(dataDir, clock.Real{}, cmd.OutOrStdout())
-			return err
+			return withNextStepFlags(cmd.OutOrStdout(), nextStepFlags(cmd, dataDir), func(w io.Writer) error {
+				_, err := cagen.CrossSignCA(dataDir, clock.Real{}, w)
+				return err
+			})
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -108,14 +144,26 @@ with 'kpki certificate rotate-ca --path=<path>'.`,
 			if path == "" {
 				return errors.New("--path is required: the staging directory to write tls/service.key into")
 			}
-			_, err := cagen.GenerateServiceKey(dataDir, path, clock.Real{}, cmd.OutOrStdout())
-			return err
+			return withNextStepFlags(cmd.OutOrStdout(), nextStepFlags(cmd, dataDir), func(w io.Writer) error {
+				_, err := cagen.GenerateServiceKey(dataDir, path, clock.Real{}, w)
+				return err
+			})
 		},
 	}
 	cmd.Flags().StringVar(&path, "path", "", "staging directory (the new key goes to <path>/tls/service.key)")
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
 	return cmd
+}
+
+// nextStepConfigFlag is " --config=<file>" when cmd was given a config file: the
+// rotate-ca that generate-ca suggests acts on the cluster's data dir, not the one
+// generated into, so only the config file carries over.
+func nextStepConfigFlag(cmd *cobra.Command) string {
+	if p, explicit := configPath(cmd); explicit {
+		return " --config=" + absOrSelf(p)
+	}
+	return ""
 }
 
 func absOrSelf(p string) string {

@@ -64,13 +64,43 @@ func withNextStepFlags(out io.Writer, flags string, fn func(io.Writer) error) er
 	return err
 }
 
+// customCAInputDir is where generate-ca takes root-ca.* and intermediate-ca.* from:
+// <dataDir>/server/tls when it holds any of them, else the tls dir of K3s's
+// generate-custom-ca-certs.sh with PRODUCT=kpki ($DATA_DIR, default the RKE2 data dir)
+// when that holds root-ca.pem — the place the RKE2 page has them copied to — else
+// <dataDir>/server/tls (new ones are created there).
+func customCAInputDir(dataDir string) string {
+	own := datadir.Layout{Root: dataDir}.TLS()
+	script := datadir.DefaultRoot
+	if v := os.Getenv("DATA_DIR"); v != "" {
+		script = v
+	}
+	scriptTLS := datadir.Layout{Root: script}.TLS()
+	if filepath.Clean(scriptTLS) == filepath.Clean(own) {
+		return own
+	}
+	for _, f := range []string{cagen.RootCertFile, cagen.RootKeyFile, cagen.IntermediateCertFile, cagen.IntermediateKeyFile} {
+		if datadir.Exists(filepath.Join(own, f)) {
+			return own
+		}
+	}
+	if datadir.Exists(filepath.Join(scriptTLS, cagen.RootCertFile)) {
+		return scriptTLS
+	}
+	return own
+}
+
 func newGenerateCACmd() *cobra.Command {
 	var dataDir string
 	cmd := &cobra.Command{
 		Use:   "generate-ca",
 		Short: "Create custom cluster CAs signed by a root and intermediate CA (K3s generate-custom-ca-certs.sh)",
 		Long: `Create the cluster CAs in <data-dir>/server/tls, as K3s's generate-custom-ca-certs.sh does,
-without openssl. The data dir is --data-dir, else KPKI_DATA_DIR, else DATA_DIR (as the script).
+without openssl. The data dir is --data-dir, else KPKI_DATA_DIR, else DATA_DIR (as the script),
+else the config file's data-dir, else /var/lib/rancher/kpki. When <data-dir>/server/tls holds no
+root-ca.* or intermediate-ca.* but the script's directory ($DATA_DIR, else
+/var/lib/rancher/kpki, /server/tls) holds root-ca.pem, they are taken from there; the command
+prints which directory it used.
 
 Place root-ca.pem and root-ca.key there to use an existing root; root-ca.pem,
 intermediate-ca.pem and intermediate-ca.key to use an existing root and intermediate. Missing
@@ -87,7 +117,12 @@ service.key, then load it with 'kpki certificate rotate-ca --path=<that dir>/ser
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			l := datadir.Layout{Root: dataDir}
-			if _, err := cagen.GenerateCA(l.TLS(), clock.Real{}, out); err != nil {
+			in := customCAInputDir(dataDir)
+			fmt.Fprintf(out, "Writing the cluster CAs to %s\n", absOrSelf(l.TLS()))
+			if in != l.TLS() {
+				fmt.Fprintf(out, "Taking the provided root and intermediate CA from %s (where generate-custom-ca-certs.sh looks), as %s holds none\n", absOrSelf(in), absOrSelf(l.TLS()))
+			}
+			if _, err := cagen.GenerateCAFrom(in, l.TLS(), clock.Real{}, out); err != nil {
 				return err
 			}
 			if def := cmd.Flags().Lookup("data-dir").DefValue; filepath.Clean(dataDir) != filepath.Clean(def) {

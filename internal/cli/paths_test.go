@@ -209,3 +209,34 @@ func TestNextStepFlags(t *testing.T) {
 		t.Errorf("output %q, want %q", out.String(), want)
 	}
 }
+
+func TestCustomCAInputDir(t *testing.T) {
+	clearEnv(t)
+	own, script := t.TempDir(), t.TempDir()
+	t.Setenv("DATA_DIR", script)
+	ownTLS, scriptTLS := filepath.Join(own, "server", "tls"), filepath.Join(script, "server", "tls")
+	if got := customCAInputDir(own); got != ownTLS {
+		t.Errorf("nothing provided: %q, want %q", got, ownTLS)
+	}
+	if err := os.MkdirAll(scriptTLS, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(scriptTLS, "root-ca.pem"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := customCAInputDir(own); got != scriptTLS {
+		t.Errorf("root only in the script's dir: %q, want %q", got, scriptTLS)
+	}
+	if got := customCAInputDir(script); got != scriptTLS {
+		t.Errorf("same dir: %q, want %q", got, scriptTLS)
+	}
+	if err := os.MkdirAll(ownTLS, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ownTLS, "intermediate-ca.key"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := customCAInputDir(own); got != ownTLS {
+		t.Errorf("files in the data dir win: %q, want %q", got, ownTLS)
+	}
+}

@@ -74,7 +74,7 @@ type Config struct {
 // Defaults returns the default configuration.
 func Defaults() Config {
 	return Config{
-		DataDir:         "/var/lib/kpki",
+		DataDir:         datadir.DefaultRoot,
 		APIServerPort:   6443,
 		RenewBeforeDays: 90,
 		RenewInterval:   time.Hour,

@@ -9,6 +9,9 @@ import (
 	"github.com/kpki/kpki/internal/rotation"
 )
 
+// DefaultSupervisorPort is the port the supervisor listens on unless told otherwise.
+const DefaultSupervisorPort = 9345
+
 // Paths of the endpoints.
 const (
 	// PathCACerts serves the server CA bundle without authentication: what a joining

@@ -48,6 +48,14 @@ type GenerateResult struct {
 // not a CA, expired, intermediate not signed by the root), and when a root or
 // intermediate key is there without its certificate (the script would overwrite it).
 func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult, error) {
+	return GenerateCAFrom(tlsDir, tlsDir, clk, out)
+}
+
+// GenerateCAFrom is GenerateCA taking the provided root-ca.* and intermediate-ca.* from
+// inputDir (the directory K3s's script works in, when it is not tlsDir) and writing the
+// result into tlsDir. Its messages name the input files it uses.
+func GenerateCAFrom(inputDir, tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult, error) {
+	in := func(name string) string { return filepath.Join(inputDir, name) }
 	if clk == nil {
 		clk = clock.Real{}
 	}
@@ -70,7 +78,7 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 
 	var inputs [4][]byte
 	for i, f := range []string{RootCertFile, RootKeyFile, IntermediateCertFile, IntermediateKeyFile} {
-		b, err := datadir.ReadRegular(path(f), datadir.MaxStagedFile)
+		b, err := datadir.ReadRegular(in(f), datadir.MaxStagedFile)
 		if err != nil {
 			return nil, err
 		}
@@ -101,10 +109,10 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 	)
 	if rootPEM == nil {
 		if rootKeyPEM != nil {
-			return nil, fmt.Errorf("%s exists without its certificate %s: provide the root certificate too, or remove the key to have a new root created", path(RootKeyFile), path(RootCertFile))
+			return nil, fmt.Errorf("%s exists without its certificate %s: provide the root certificate too, or remove the key to have a new root created", in(RootKeyFile), in(RootCertFile))
 		}
 		if interPEM != nil || interKeyPEM != nil {
-			return nil, fmt.Errorf("an intermediate CA (%s) is provided without the root certificate %s that signed it", path(IntermediateCertFile), path(RootCertFile))
+			return nil, fmt.Errorf("an intermediate CA (%s) is provided without the root certificate %s that signed it", in(IntermediateCertFile), in(RootCertFile))
 		}
 		fmt.Fprintf(out, "Generating root certificate authority RSA key and certificate (RSA-%d, %d days)\n", RootKeyBits, int(RootValidity/day))
 		k, err := iss.NewRSAKey(RootKeyBits)
@@ -123,10 +131,10 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 		add(RootCertFile, pki.EncodeCert(root))
 		res.RootGenerated = true
 	} else {
-		if root, rootKey, err = loadRoot(path(RootCertFile), rootPEM, path(RootKeyFile), rootKeyPEM, now); err != nil {
+		if root, rootKey, err = loadRoot(in(RootCertFile), rootPEM, in(RootKeyFile), rootKeyPEM, now); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(out, "Using existing root certificate %s (%s)\n", path(RootCertFile), root.Subject.String())
+		fmt.Fprintf(out, "Using existing root certificate %s (%s)\n", in(RootCertFile), root.Subject.String())
 	}
 
 	// Intermediate: the intermediate-ca.pem chain, first certificate signing.
@@ -136,10 +144,10 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 	)
 	if interPEM == nil {
 		if interKeyPEM != nil {
-			return nil, fmt.Errorf("%s exists without its certificate %s: provide the intermediate certificate too, or remove the key to have a new intermediate created", path(IntermediateKeyFile), path(IntermediateCertFile))
+			return nil, fmt.Errorf("%s exists without its certificate %s: provide the intermediate certificate too, or remove the key to have a new intermediate created", in(IntermediateKeyFile), in(IntermediateCertFile))
 		}
 		if rootKey == nil {
-			return nil, fmt.Errorf("cannot create an intermediate CA without the root key %s: provide it, or provide %s and %s", path(RootKeyFile), path(IntermediateCertFile), path(IntermediateKeyFile))
+			return nil, fmt.Errorf("cannot create an intermediate CA without the root key %s: provide it, or provide %s and %s", in(RootKeyFile), in(IntermediateCertFile), in(IntermediateKeyFile))
 		}
 		validity := capValidity(IntermediateValidity, now, root.NotAfter)
 		fmt.Fprintf(out, "Generating intermediate certificate authority RSA key and certificate (RSA-%d, %d days)\n", IntermediateKeyBits, int(validity/day))
@@ -161,12 +169,12 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 		res.IntermediateGenerated = true
 	} else {
 		if interKeyPEM == nil {
-			return nil, fmt.Errorf("%s exists without its key %s: the cluster CAs cannot be signed without it", path(IntermediateCertFile), path(IntermediateKeyFile))
+			return nil, fmt.Errorf("%s exists without its key %s: the cluster CAs cannot be signed without it", in(IntermediateCertFile), in(IntermediateKeyFile))
 		}
-		if interChain, interKey, err = loadIntermediate(path(IntermediateCertFile), interPEM, path(IntermediateKeyFile), interKeyPEM, path(RootCertFile), root, now); err != nil {
+		if interChain, interKey, err = loadIntermediate(in(IntermediateCertFile), interPEM, in(IntermediateKeyFile), interKeyPEM, in(RootCertFile), root, now); err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(out, "Using existing intermediate certificate %s (%s)\n", path(IntermediateCertFile), interChain[0].Subject.String())
+		fmt.Fprintf(out, "Using existing intermediate certificate %s (%s)\n", in(IntermediateCertFile), interChain[0].Subject.String())
 	}
 
 	// The five cluster CAs.
@@ -189,7 +197,7 @@ func GenerateCA(tlsDir string, clk clock.Clock, out io.Writer) (*GenerateResult,
 			return nil, err
 		}
 		if _, err := pki.VerifyChain(append([]*x509.Certificate{cert}, chain...), now); err != nil {
-			return nil, fmt.Errorf("%s: the new CA does not verify under %s and %s: %w", path(c.CertFile), path(IntermediateCertFile), path(RootCertFile), err)
+			return nil, fmt.Errorf("%s: the new CA does not verify under %s and %s: %w", path(c.CertFile), in(IntermediateCertFile), in(RootCertFile), err)
 		}
 		keyPEM, err := pki.EncodeKey(k)
 		if err != nil {

@@ -1,10 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -30,13 +33,74 @@ func applyScriptSources(cmd *cobra.Command) error {
 	return applySources(cmd)
 }
 
+// nextStepFlags are the flags a printed kpki command needs to act on the same data dir
+// and config file as cmd: --data-dir when it is not the default, --config when one was
+// named (flag or KPKI_CONFIG).
+func nextStepFlags(cmd *cobra.Command, dataDir string) string {
+	var out string
+	if f := cmd.Flags().Lookup("data-dir"); f != nil && filepath.Clean(dataDir) != filepath.Clean(f.DefValue) {
+		out += " --data-dir=" + absOrSelf(dataDir)
+	}
+	if p, explicit := configPath(cmd); explicit {
+		out += " --config=" + absOrSelf(p)
+	}
+	return out
+}
+
+// withNextStepFlags runs fn with a buffer for its messages and copies them to out,
+// adding flags to the suggested `kpki certificate rotate-ca` lines.
+func withNextStepFlags(out io.Writer, flags string, fn func(io.Writer) error) error {
+	var buf bytes.Buffer
+	err := fn(&buf)
+	const prefix = "    kpki certificate rotate-ca "
+	for _, line := range strings.SplitAfter(buf.String(), "\n") {
+		if strings.HasPrefix(line, prefix) && flags != "" {
+			line = strings.TrimSuffix(line, "\n") + flags + "\n"
+		}
+		if _, werr := io.WriteString(out, line); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return err
+}
+
+// customCAInputDir is where generate-ca takes root-ca.* and intermediate-ca.* from:
+// <dataDir>/server/tls when it holds any of them, else the tls dir of K3s's
+// generate-custom-ca-certs.sh with PRODUCT=kpki ($DATA_DIR, default the RKE2 data dir)
+// when that holds root-ca.pem — the place the RKE2 page has them copied to — else
+// <dataDir>/server/tls (new ones are created there).
+func customCAInputDir(dataDir string) string {
+	own := datadir.Layout{Root: dataDir}.TLS()
+	script := datadir.DefaultRoot
+	if v := os.Getenv("DATA_DIR"); v != "" {
+		script = v
+	}
+	scriptTLS := datadir.Layout{Root: script}.TLS()
+	if filepath.Clean(scriptTLS) == filepath.Clean(own) {
+		return own
+	}
+	for _, f := range []string{cagen.RootCertFile, cagen.RootKeyFile, cagen.IntermediateCertFile, cagen.IntermediateKeyFile} {
+		if datadir.Exists(filepath.Join(own, f)) {
+			return own
+		}
+	}
+	if datadir.Exists(filepath.Join(scriptTLS, cagen.RootCertFile)) {
+		return scriptTLS
+	}
+	return own
+}
+
 func newGenerateCACmd() *cobra.Command {
 	var dataDir string
 	cmd := &cobra.Command{
 		Use:   "generate-ca",
 		Short: "Create custom cluster CAs signed by a root and intermediate CA (K3s generate-custom-ca-certs.sh)",
 		Long: `Create the cluster CAs in <data-dir>/server/tls, as K3s's generate-custom-ca-certs.sh does,
-without openssl. The data dir is --data-dir, else KPKI_DATA_DIR, else DATA_DIR (as the script).
+without openssl. The data dir is --data-dir, else KPKI_DATA_DIR, else DATA_DIR (as the script),
+else the config file's data-dir, else /var/lib/rancher/kpki. When <data-dir>/server/tls holds no
+root-ca.* or intermediate-ca.* but the script's directory ($DATA_DIR, else
+/var/lib/rancher/kpki, /server/tls) holds root-ca.pem, they are taken from there; the command
+prints which directory it used.
 
 Place root-ca.pem and root-ca.key there to use an existing root; root-ca.pem,
 intermediate-ca.pem and intermediate-ca.key to use an existing root and intermediate. Missing
@@ -53,13 +117,18 @@ service.key, then load it with 'kpki certificate rotate-ca --path=<that dir>/ser
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()
 			l := datadir.Layout{Root: dataDir}
-			if _, err := cagen.GenerateCA(l.TLS(), clock.Real{}, out); err != nil {
+			in := customCAInputDir(dataDir)
+			fmt.Fprintf(out, "Writing the cluster CAs to %s\n", absOrSelf(l.TLS()))
+			if in != l.TLS() {
+				fmt.Fprintf(out, "Taking the provided root and intermediate CA from %s (where generate-custom-ca-certs.sh looks), as %s holds none\n", absOrSelf(in), absOrSelf(l.TLS()))
+			}
+			if _, err := cagen.GenerateCAFrom(in, l.TLS(), clock.Real{}, out); err != nil {
 				return err
 			}
 			if def := cmd.Flags().Lookup("data-dir").DefValue; filepath.Clean(dataDir) != filepath.Clean(def) {
 				fmt.Fprintln(out)
 				fmt.Fprintln(out, "To update certificates on an existing cluster, you may now run:")
-				fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s\n", absOrSelf(l.Server()))
+				fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s%s\n", absOrSelf(l.Server()), nextStepConfigFlag(cmd))
 			}
 			return nil
 		},
@@ -85,8 +154,10 @@ rotate-ca directory is replaced. Prints the new join tokens and the rotate-ca co
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applyScriptSources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_, err := cagen.CrossSignCA(dataDir, clock.Real{}, cmd.OutOrStdout())
-			return err
+			return withNextStepFlags(cmd.OutOrStdout(), nextStepFlags(cmd, dataDir), func(w io.Writer) error {
+				_, err := cagen.CrossSignCA(dataDir, clock.Real{}, w)
+				return err
+			})
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -108,14 +179,26 @@ with 'kpki certificate rotate-ca --path=<path>'.`,
 			if path == "" {
 				return errors.New("--path is required: the staging directory to write tls/service.key into")
 			}
-			_, err := cagen.GenerateServiceKey(dataDir, path, clock.Real{}, cmd.OutOrStdout())
-			return err
+			return withNextStepFlags(cmd.OutOrStdout(), nextStepFlags(cmd, dataDir), func(w io.Writer) error {
+				_, err := cagen.GenerateServiceKey(dataDir, path, clock.Real{}, w)
+				return err
+			})
 		},
 	}
 	cmd.Flags().StringVar(&path, "path", "", "staging directory (the new key goes to <path>/tls/service.key)")
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
 	return cmd
+}
+
+// nextStepConfigFlag is " --config=<file>" when cmd was given a config file: the
+// rotate-ca that generate-ca suggests acts on the cluster's data dir, not the one
+// generated into, so only the config file carries over.
+func nextStepConfigFlag(cmd *cobra.Command) string {
+	if p, explicit := configPath(cmd); explicit {
+		return " --config=" + absOrSelf(p)
+	}
+	return ""
 }
 
 func absOrSelf(p string) string {

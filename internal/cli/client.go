@@ -2,7 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -15,10 +17,54 @@ import (
 )
 
 // DefaultServerURL is the supervisor the client subcommands talk to by default.
-const DefaultServerURL = "https://127.0.0.1:9345"
+var DefaultServerURL = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(api.DefaultSupervisorPort))
 
+// serverURLFlag registers --server and, hidden, the server's --supervisor-port,
+// --bind-address and --advertise-address, which a client command reads from the
+// server's config file (or env) to find the local supervisor; see localServerURL.
 func serverURLFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "server", "s", DefaultServerURL, "URL of the kpki server's supervisor (env KPKI_URL)")
+	f := cmd.Flags()
+	f.StringVarP(p, "server", "s", DefaultServerURL, "URL of the kpki server's supervisor (env KPKI_URL); default: the supervisor-port and bind-address (or advertise-address) of the config file, on 127.0.0.1 when no address is set")
+	f.Int("supervisor-port", api.DefaultSupervisorPort, "the server's supervisor port, used when --server is not given")
+	f.String("bind-address", "", "the server's bind address, used when --server is not given")
+	f.String("advertise-address", "", "the server's advertise address, used when --server is not given and no bind address is set")
+	for _, n := range []string{"supervisor-port", "bind-address", "advertise-address"} {
+		_ = f.MarkHidden(n)
+	}
+}
+
+// localServerURL returns --server when it was given (flag, KPKI_URL, KPKI_SERVER or the
+// config file's server:), else https://<addr>:<supervisor-port> where addr is the
+// bind address, else the advertise address, else 127.0.0.1. A bind address of 0.0.0.0
+// or :: (all addresses) is reached on the loopback address.
+func localServerURL(cmd *cobra.Command, server string) (string, error) {
+	f := cmd.Flags()
+	if sf := f.Lookup("server"); sf == nil || sf.Changed {
+		return server, nil
+	}
+	port, err := f.GetInt("supervisor-port")
+	if err != nil {
+		return "", err
+	}
+	if port < 1 || port > 65535 {
+		return "", fmt.Errorf("supervisor-port %d must be between 1 and 65535", port)
+	}
+	host := "127.0.0.1"
+	bind, _ := f.GetString("bind-address")
+	adv, _ := f.GetString("advertise-address")
+	switch {
+	case bind != "":
+		host = bind
+		if ip := net.ParseIP(bind); ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+			if ip.To4() == nil {
+				host = "::1"
+			}
+		}
+	case adv != "":
+		host = adv
+	}
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(port)), nil
 }
 
 // serverClient authenticates as `server` with the token of <dataDir>/server/token and

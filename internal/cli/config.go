@@ -11,10 +11,12 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kpki/kpki/internal/datadir"
 )
 
 // DefaultConfigFile is read when --config is not given and the file exists.
-const DefaultConfigFile = "/etc/kpki/config.yaml"
+const DefaultConfigFile = datadir.DefaultConfigFile
 
 // envName is the environment variable that stands for a flag.
 func envName(flag string) string {
@@ -23,6 +25,41 @@ func envName(flag string) string {
 
 // envAliases are the short names of SPEC §1 for a few flags.
 var envAliases = map[string]string{"server": "KPKI_URL"}
+
+// noAlias lists the commands that do not read a flag's alias: `kpki server` joins a
+// cluster only when told so by --server, KPKI_SERVER or server: in its config file, never
+// because KPKI_URL (the agent's variable) is left in the environment.
+var noAlias = map[string]map[string]bool{"kpki server": {"server": true}}
+
+// knownKeys are the long flag names of every kpki command: a config file is shared by
+// all of them (the server's file is the clients' too), so a key that some command takes
+// is ignored quietly by the others; only a key no command takes is warned about.
+func knownKeys(cmd *cobra.Command) map[string]bool {
+	keys := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) { keys[f.Name] = true })
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(cmd.Root())
+	return keys
+}
+
+// configPath returns the config file a command reads and whether it was named
+// (--config or KPKI_CONFIG) rather than the default.
+func configPath(cmd *cobra.Command) (string, bool) {
+	if f := cmd.Flags().Lookup("config"); f != nil {
+		if f.Changed {
+			return f.Value.String(), true
+		}
+		if v, ok := os.LookupEnv(envName("config")); ok && v != "" {
+			return v, true
+		}
+	}
+	return DefaultConfigFile, false
+}
 
 // applySources fills every flag the command line did not set, first from its
 // environment variable, then from the config file: flag > env > config file > default.
@@ -35,7 +72,7 @@ func applySources(cmd *cobra.Command) error {
 		name := envName(f.Name)
 		v, ok := os.LookupEnv(name)
 		if !ok {
-			if alias, has := envAliases[f.Name]; has {
+			if alias, has := envAliases[f.Name]; has && !noAlias[cmd.CommandPath()][f.Name] {
 				name = alias
 				v, ok = os.LookupEnv(alias)
 			}
@@ -46,14 +83,7 @@ func applySources(cmd *cobra.Command) error {
 			}
 		}
 	}
-	path, explicit := DefaultConfigFile, false
-	if f := flags.Lookup("config"); f != nil {
-		if f.Changed {
-			path, explicit = f.Value.String(), true
-		} else if v, ok := os.LookupEnv(envName("config")); ok && v != "" {
-			path, explicit = v, true
-		}
-	}
+	path, explicit := configPath(cmd)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && !explicit {
@@ -65,10 +95,14 @@ func applySources(cmd *cobra.Command) error {
 	if err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
+	known := knownKeys(cmd)
 	for _, kv := range values {
 		f := flags.Lookup(kv.key)
 		if f == nil {
-			fmt.Fprintf(cmd.ErrOrStderr(), "kpki: warning: config file %s: key %q is not a flag of `%s`; ignored\n", path, kv.key, cmd.CommandPath())
+			if known[kv.key] {
+				continue
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "kpki: warning: config file %s: key %q is not a flag of any kpki command; ignored\n", path, kv.key)
 			continue
 		}
 		if f.Changed {

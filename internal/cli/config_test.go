@@ -119,7 +119,7 @@ func TestApplySourcesPrecedence(t *testing.T) {
 		wantToken string
 		wantURL   string
 	}{
-		{name: "defaults", wantDir: "/var/lib/kpki"},
+		{name: "defaults", wantDir: "/var/lib/rancher/kpki"},
 		{name: "config file", config: cfg, wantDir: "/from/config", wantToken: "config-token", wantURL: "https://config:9345"},
 		{name: "env over config", config: cfg,
 			env:     map[string]string{"KPKI_DATA_DIR": "/from/env", "KPKI_TOKEN": "env-token", "KPKI_URL": "https://env:9345"},
@@ -139,7 +139,7 @@ func TestApplySourcesPrecedence(t *testing.T) {
 			env:     map[string]string{"KPKI_DATA_DIR": "/from/env"},
 			wantDir: "/from/env", wantToken: "flag-token", wantURL: "https://config:9345"},
 		{name: "KPKI_SERVER beats KPKI_URL", env: map[string]string{"KPKI_SERVER": "https://server-env:1", "KPKI_URL": "https://url-env:1"},
-			wantDir: "/var/lib/kpki", wantURL: "https://server-env:1"},
+			wantDir: "/var/lib/rancher/kpki", wantURL: "https://server-env:1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -254,7 +254,7 @@ func TestApplySourcesValues(t *testing.T) {
 			}
 		}},
 		{name: "empty file", config: "\n", check: func(t *testing.T, c *cobra.Command) {
-			if v := getString(t, c, "data-dir"); v != "/var/lib/kpki" {
+			if v := getString(t, c, "data-dir"); v != "/var/lib/rancher/kpki" {
 				t.Errorf("data-dir = %q", v)
 			}
 		}},
@@ -300,7 +300,7 @@ func TestApplySourcesUnknownKeysWarn(t *testing.T) {
 	}
 	for i, key := range []string{"alpha", "zeta"} {
 		l := lines[i]
-		for _, want := range []string{"warning", path, `"` + key + `"`, "is not a flag of `testcmd`", "ignored"} {
+		for _, want := range []string{"warning", path, `"` + key + `"`, "is not a flag of any kpki command", "ignored"} {
 			if !strings.Contains(l, want) {
 				t.Errorf("warning %q does not contain %q", l, want)
 			}
@@ -392,7 +392,7 @@ func TestApplySourcesMissingDefaultConfig(t *testing.T) {
 			t.Errorf("env %v: a missing default config file is an error: %v", env, err)
 			continue
 		}
-		if got := getString(t, cmd, "data-dir"); got != "/var/lib/kpki" {
+		if got := getString(t, cmd, "data-dir"); got != "/var/lib/rancher/kpki" {
 			t.Errorf("data-dir = %q, want the default", got)
 		}
 		if stderr != "" {

@@ -14,6 +14,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kpki/kpki/internal/datadir"
 )
 
 // Version is set at build time.
@@ -80,12 +82,12 @@ func newLogger(w io.Writer) *slog.Logger {
 
 // dataDirFlag registers --data-dir with its default.
 func dataDirFlag(cmd *cobra.Command, p *string) {
-	cmd.Flags().StringVarP(p, "data-dir", "d", "/var/lib/kpki", "data directory")
+	cmd.Flags().StringVarP(p, "data-dir", "d", datadir.DefaultRoot, "data directory (env KPKI_DATA_DIR)")
 }
 
 // configFlag registers --config.
 func configFlag(cmd *cobra.Command) {
-	cmd.Flags().String("config", DefaultConfigFile, "YAML config file whose keys are long flag names")
+	cmd.Flags().String("config", DefaultConfigFile, "YAML config file whose keys are long flag names (env KPKI_CONFIG); the server's file: keys of other kpki commands are ignored")
 }
 
 // version is Version, or the VCS revision the binary was built from.

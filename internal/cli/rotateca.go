@@ -36,7 +36,11 @@ nodes afterwards, servers first, then agents.`,
 			if path == "" {
 				return errors.New("--path is required: the directory holding the staged tls/ files")
 			}
-			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), dataDir, server, path, force, dryRun)
+			u, err := localServerURL(cmd, server)
+			if err != nil {
+				return err
+			}
+			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), dataDir, u, path, force, dryRun)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)

@@ -74,7 +74,11 @@ agent password.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := serverClient(dataDir, server)
+			u, err := localServerURL(cmd, server)
+			if err != nil {
+				return err
+			}
+			c, err := serverClient(dataDir, u)
 			if err != nil {
 				return err
 			}

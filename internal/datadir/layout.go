@@ -8,6 +8,14 @@ package datadir
 
 import "path/filepath"
 
+// Defaults of every kpki command, RKE2's conventions with the product name kpki: the
+// data dir (where K3s's generate-custom-ca-certs.sh with PRODUCT=kpki writes too) and
+// the config file.
+const (
+	DefaultRoot       = "/var/lib/rancher/kpki"
+	DefaultConfigFile = "/etc/rancher/kpki/config.yaml"
+)
+
 // Layout resolves the paths of one data directory.
 type Layout struct {
 	Root string

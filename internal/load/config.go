@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	nodeid "github.com/kpki/kpki/internal/node"
 )
@@ -37,9 +39,11 @@ const (
 	MaxConcurrency = 1000
 )
 
+// DefaultServer is the supervisor kpki-load sends to by default.
+var DefaultServer = "https://127.0.0.1:" + strconv.Itoa(api.DefaultSupervisorPort)
+
 // Defaults of the kpki-load flags.
 const (
-	DefaultServer      = "https://127.0.0.1:9345"
 	DefaultNodes       = 100
 	DefaultRequests    = 1000
 	DefaultConcurrency = 8
@@ -189,7 +193,7 @@ func CheckServer(ctx context.Context, server string) (target, error) {
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {
-		port = "9345"
+		port = strconv.Itoa(api.DefaultSupervisorPort)
 	}
 	refuse := func(what string) error {
 		return fmt.Errorf("--server %s: %s; kpki-load only sends load to this machine (127.0.0.0/8, ::1 or a name that resolves only to them)", server, what)

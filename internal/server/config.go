@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -65,8 +67,8 @@ type Config struct {
 // Defaults returns the default configuration.
 func Defaults() Config {
 	return Config{
-		DataDir:          "/var/lib/kpki",
-		SupervisorPort:   9345,
+		DataDir:          datadir.DefaultRoot,
+		SupervisorPort:   api.DefaultSupervisorPort,
 		EtcdClientPort:   2379,
 		EtcdPeerPort:     2380,
 		APIServerPort:    6443,

@@ -9,14 +9,14 @@
 #                    <ca>.crt = CA + intermediate + root, <ca>.key = "EC PRIVATE KEY"
 #   service.key      a new RSA-2048 PKCS#1 key, followed by the previous service.key if any
 #
-# Output goes to $DATA_DIR/server/tls (DATA_DIR defaults to /var/lib/kpki). To use an existing
+# Output goes to $DATA_DIR/server/tls (DATA_DIR defaults to /var/lib/rancher/kpki). To use an existing
 # root, place root-ca.pem and root-ca.key there first; to use an existing root and intermediate,
 # place root-ca.pem, intermediate-ca.pem and intermediate-ca.key there first.
 set -euo pipefail
 umask 077
 
 PRODUCT="${PRODUCT:-kpki}"
-DATA_DIR="${DATA_DIR:-/var/lib/kpki}"
+DATA_DIR="${DATA_DIR:-/var/lib/rancher/kpki}"
 OPENSSL="${OPENSSL:-openssl}"
 NOW="$(date +%s)"
 TLS_DIR="${DATA_DIR}/server/tls"

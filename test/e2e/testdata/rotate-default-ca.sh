@@ -13,7 +13,7 @@
 #     <ca>.key      = new CA key + new root key ("EC PRIVATE KEY")
 #   service.key     = a new RSA-2048 PKCS#1 key + the current $DATA_DIR/server/tls/service.key
 #
-# Output goes to $DATA_DIR/server/rotate-ca/tls (DATA_DIR defaults to /var/lib/kpki). Like the
+# Output goes to $DATA_DIR/server/rotate-ca/tls (DATA_DIR defaults to /var/lib/rancher/kpki). Like the
 # K3s script, the working files (<ca>-root-old.pem/.key, <ca>-root.key, <ca>-root-ssigned.pem,
 # <ca>-root-xsigned.pem, <ca>-ca.pem) are left next to the output, and an existing directory is
 # written over, not emptied. Prints the server and agent tokens with the new CA hash — the
@@ -24,7 +24,7 @@ set -euo pipefail
 umask 077
 
 PRODUCT="${PRODUCT:-kpki}"
-DATA_DIR="${DATA_DIR:-/var/lib/kpki}"
+DATA_DIR="${DATA_DIR:-/var/lib/rancher/kpki}"
 OPENSSL="${OPENSSL:-openssl}"
 NOW="$(date +%s)"
 TLS_DIR="${DATA_DIR}/server/tls"

@@ -241,12 +241,25 @@ func elide(s string, n int) string {
 	return string(r[:head]) + "…" + string(r[len(r)-tail:])
 }
 
+// elideHead shortens s to n runes by replacing its start with "…".
+func elideHead(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n || n < 2 {
+		return elide(s, n)
+	}
+	return "…" + string(r[len(r)-n+1:])
+}
+
+// serverTLSPrefix is left out of the table's file names: a server file is named
+// relative to the tls dir, an agent file as agent/….
+const serverTLSPrefix = "server/tls/"
+
 func runeLen(s string) int { return utf8.RuneCountInString(s) }
 
 func renderTable(w io.Writer, rows []Row, sum Summary) error {
 	lines := [][]string{TableHeader}
 	for _, r := range rows {
-		c := []string{cell(r.Service), cell(r.File), "-", "-", "-", "-", "-", string(r.Status)}
+		c := []string{cell(r.Service), cell(strings.TrimPrefix(r.File, serverTLSPrefix)), "-", "-", "-", "-", "-", string(r.Status)}
 		if !isProblem(r) {
 			c[2] = cell(commonName(r.Subject))
 			c[3] = cell(commonName(r.Issuer))
@@ -271,15 +284,16 @@ func renderTable(w io.Writer, rows []Row, sum Summary) error {
 		}
 		return n
 	}
-	flex := []int{1, 2, 3}
+	// Each column's share above its floor shrinks first: a file keeps its name.
+	floor := map[int]int{1: 28, 2: 18, 3: 18}
 	for total() > TableWidth {
-		widest := flex[0]
-		for _, i := range flex {
-			if widths[i] > widths[widest] {
+		widest := -1
+		for _, i := range []int{1, 2, 3} {
+			if widths[i] > len(TableHeader[i]) && (widest < 0 || widths[i]-floor[i] > widths[widest]-floor[widest]) {
 				widest = i
 			}
 		}
-		if widths[widest] <= len(TableHeader[widest]) {
+		if widest < 0 {
 			break
 		}
 		widths[widest]--
@@ -288,7 +302,11 @@ func renderTable(w io.Writer, rows []Row, sum Summary) error {
 	for _, l := range lines {
 		b.Reset()
 		for i, c := range l {
-			c = elide(c, widths[i])
+			if i == 1 {
+				c = elideHead(c, widths[i])
+			} else {
+				c = elide(c, widths[i])
+			}
 			b.WriteString(c)
 			if i < len(l)-1 {
 				b.WriteString(strings.Repeat(" ", widths[i]-runeLen(c)+sep))

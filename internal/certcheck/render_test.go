@@ -149,7 +149,7 @@ func TestRenderTable(t *testing.T) {
 			t.Errorf("line %q has %d columns, want %d", line, len(cols), len(TableHeader))
 			continue
 		}
-		if cols[0] != r.Service || !elidedFrom(cols[1], r.File) || cols[7] != string(r.Status) || string([]rune(line)[statusCol:]) != string(r.Status) {
+		if cols[0] != r.Service || !elidedFrom(cols[1], strings.TrimPrefix(r.File, "server/tls/")) || cols[7] != string(r.Status) || string([]rune(line)[statusCol:]) != string(r.Status) {
 			t.Errorf("line %q does not show row %+v aligned", line, r)
 		}
 		if !isProblem(r) && (!elidedFrom(cols[2], commonName(r.Subject)) || !elidedFrom(cols[3], commonName(r.Issuer)) || cols[4] != shortUsages(r.Usages) || cols[5] != r.Expires[:10] || cols[6] != FormatResidualShort(time.Duration(r.ResidualSeconds)*time.Second)) {
@@ -183,7 +183,7 @@ func elidedFrom(c, s string) bool {
 		return true
 	}
 	head, tail, ok := strings.Cut(c, "…")
-	return ok && strings.HasPrefix(s, head) && strings.HasSuffix(s, tail) && len(head)+len(tail) < len(s)
+	return ok && strings.HasPrefix(s, head) && strings.HasSuffix(s, tail) && len(head)+len(tail) < len(s) && len(head)+len(tail) > 0
 }
 
 func assertWidth(t *testing.T, out string) {

@@ -338,13 +338,6 @@ func renderTable(w io.Writer, rows []Row, sum Summary) error {
 // isProblem reports whether r stands for a file rather than a certificate.
 func isProblem(r Row) bool { return r.Status == StatusError || r.Status == StatusMissing }
 
-func residualCell(r Row) string {
-	if isProblem(r) {
-		return ""
-	}
-	return r.Residual
-}
-
 func renderText(w io.Writer, rows []Row, sum Summary) error {
 	for _, r := range rows {
 		var line string

@@ -6,7 +6,9 @@
 package certcheck
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,7 +40,19 @@ const (
 // and YAML form is the object `-o json` and `-o yaml` print.
 type Row struct {
 	// File is the certificate file's path relative to the data dir, with slashes.
-	File    string   `json:"filename"`
+	File string `json:"filename"`
+	// Service is the kpki service the file belongs to (a name --service accepts), or
+	// "ca" for a CA file.
+	Service string `json:"service"`
+	// Index is the certificate's position in its file, from 0; 0 for a MISSING or
+	// ERROR row.
+	Index int `json:"index"`
+	// CA is true for a CA certificate (basicConstraints CA:TRUE).
+	CA bool `json:"ca"`
+	// SHA256 is the hex SHA-256 fingerprint of the certificate's DER; empty for a
+	// MISSING or ERROR row. The same CA certificate held by several files has the same
+	// fingerprint.
+	SHA256  string   `json:"sha256"`
 	Subject string   `json:"subject"`
 	Issuer  string   `json:"issuer"`
 	Usages  []string `json:"usages"`
@@ -73,7 +87,12 @@ type Source struct {
 	// Name is the path relative to the data dir, with slashes.
 	Name string
 	Path string
+	// Service is the service the file belongs to, or ServiceCA for a CA file.
+	Service string
 }
+
+// ServiceCA is the service of the CA files in a report.
+const ServiceCA = "ca"
 
 // ErrNoCertificates is returned when none of the selected certificate files exists.
 var ErrNoCertificates = errors.New("no certificate file found")
@@ -90,12 +109,12 @@ func Sources(dataDir string, services []string) ([]Source, error) {
 	}
 	l := datadir.Layout{Root: dataDir}
 	var out []Source
-	add := func(path string) {
+	add := func(path, service string) {
 		rel, err := filepath.Rel(dataDir, path)
 		if err != nil {
 			rel = path
 		}
-		out = append(out, Source{Name: filepath.ToSlash(rel), Path: path})
+		out = append(out, Source{Name: filepath.ToSlash(rel), Path: path, Service: service})
 	}
 	nodes := []struct {
 		node certs.Node
@@ -110,11 +129,11 @@ func Sources(dataDir string, services []string) ([]Source, error) {
 		}
 		if len(resolved) == 0 {
 			for _, name := range certs.NodeCAFiles(n.node) {
-				add(n.dir(filepath.FromSlash(name)))
+				add(n.dir(filepath.FromSlash(name)), ServiceCA)
 			}
 		}
 		for _, leaf := range certs.Select(n.node, resolved) {
-			add(n.dir(filepath.FromSlash(leaf.Name + ".crt")))
+			add(n.dir(filepath.FromSlash(leaf.Name+".crt")), leaf.Service)
 		}
 	}
 	return out, nil
@@ -139,21 +158,24 @@ func Collect(o Options) ([]Row, error) {
 	for _, s := range srcs {
 		data, err := os.ReadFile(s.Path)
 		if errors.Is(err, fs.ErrNotExist) {
-			rows = append(rows, problemRow(s.Name, StatusMissing, "the file does not exist"))
+			rows = append(rows, problemRow(s, StatusMissing, "the file does not exist"))
 			continue
 		}
 		found++
 		if err != nil {
-			rows = append(rows, problemRow(s.Name, StatusError, err.Error()))
+			rows = append(rows, problemRow(s, StatusError, err.Error()))
 			continue
 		}
 		cs, err := pki.ParseCerts(data)
 		if err != nil {
-			rows = append(rows, problemRow(s.Name, StatusError, err.Error()))
+			rows = append(rows, problemRow(s, StatusError, err.Error()))
 			continue
 		}
-		for _, c := range cs {
-			rows = append(rows, Evaluate(s.Name, c, o.Now, o.RenewBefore, o.CAWarnBefore))
+		for i, c := range cs {
+			r := Evaluate(s.Name, c, o.Now, o.RenewBefore, o.CAWarnBefore)
+			r.Service = s.Service
+			r.Index = i
+			rows = append(rows, r)
 		}
 	}
 	if found == 0 {
@@ -173,14 +195,15 @@ func noCertificates(dataDir string, selected bool) error {
 	return fmt.Errorf("%w in data dir %s", ErrNoCertificates, dataDir)
 }
 
-func problemRow(file string, s Status, msg string) Row {
-	return Row{File: file, Usages: []string{}, Status: s, Message: msg}
+func problemRow(src Source, s Status, msg string) Row {
+	return Row{File: src.Name, Service: src.Service, Usages: []string{}, Status: s, Message: msg}
 }
 
 // IsCA reports whether c is a CA certificate (basicConstraints CA:TRUE).
 func IsCA(c *x509.Certificate) bool { return c.BasicConstraintsValid && c.IsCA }
 
-// Evaluate builds the row of certificate c of file at time now.
+// Evaluate builds the row of certificate c of file at time now (Service and Index are
+// left for the caller).
 //
 // The status follows the renewal planner (certs.Plan): EXPIRED once now reaches
 // NotAfter, NOT YET VALID before NotBefore, WARNING when the server would renew it
@@ -194,8 +217,11 @@ func Evaluate(file string, c *x509.Certificate, now time.Time, renewBefore, caWa
 		window = max(caWarnBefore, renewBefore)
 	}
 	residual := c.NotAfter.Sub(now)
+	sum := sha256.Sum256(c.Raw)
 	r := Row{
 		File:            file,
+		CA:              IsCA(c),
+		SHA256:          hex.EncodeToString(sum[:]),
 		Subject:         c.Subject.String(),
 		Issuer:          c.Issuer.String(),
 		Usages:          Usages(c),
@@ -253,6 +279,27 @@ func Usages(c *x509.Certificate) []string {
 		out = append(out, oid.String())
 	}
 	return out
+}
+
+// FormatResidualShort renders a remaining lifetime in its most significant unit only,
+// truncated toward zero: "364d", "5h", "4m", "30s"; "-3d" once expired.
+func FormatResidualShort(d time.Duration) string {
+	d = d.Truncate(time.Second)
+	sign := ""
+	if d < 0 {
+		sign = "-"
+		d = -d
+	}
+	switch {
+	case d >= 24*time.Hour:
+		return fmt.Sprintf("%s%dd", sign, d/(24*time.Hour))
+	case d >= time.Hour:
+		return fmt.Sprintf("%s%dh", sign, d/time.Hour)
+	case d >= time.Minute:
+		return fmt.Sprintf("%s%dm", sign, d/time.Minute)
+	default:
+		return fmt.Sprintf("%s%ds", sign, d/time.Second)
+	}
 }
 
 // FormatResidual renders a remaining lifetime for people, truncated toward zero, with

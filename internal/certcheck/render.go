@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
+	"time"
+	"unicode/utf8"
 
 	"sigs.k8s.io/yaml"
 )
@@ -39,37 +40,150 @@ func ParseFormat(s string) (Format, error) {
 }
 
 // TableHeader is the header row of the table format.
-var TableHeader = []string{"FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES", "RESIDUAL TIME", "STATUS"}
+var TableHeader = []string{"SERVICE", "FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES", "LEFT", "STATUS"}
 
-// Render writes rows to w in format f.
+// TableWidth is the widest line of a table row: long file names, subjects and issuers
+// are shortened, with "…" in place of the cut, to keep every row within it.
+const TableWidth = 120
+
+// Summary is the last line of the table and text formats and the "summary" object of
+// json and yaml. It counts the certificates of Fold (each distinct CA certificate once,
+// each leaf file's leaf, each MISSING or ERROR file).
+type Summary struct {
+	// Total is the number of folded rows.
+	Total int `json:"total"`
+	// Counts maps each status that occurs to its number of rows.
+	Counts map[Status]int `json:"counts"`
+	// EarliestExpiry is the certificate that expires first, nil when the report holds
+	// no certificate.
+	EarliestExpiry *Expiry `json:"earliest_expiry"`
+}
+
+// Expiry names one certificate and when it expires.
+type Expiry struct {
+	File            string `json:"filename"`
+	Subject         string `json:"subject"`
+	Expires         string `json:"expires"`
+	ResidualSeconds int64  `json:"residual_seconds"`
+}
+
+// Report is the document -o json and -o yaml print.
+type Report struct {
+	// Certificates holds every certificate of every file, in file order.
+	Certificates []Row   `json:"certificates"`
+	Summary      Summary `json:"summary"`
+}
+
+// Fold returns the rows an operator reads: first the CA section (every MISSING or
+// ERROR CA file and each distinct CA certificate once, by fingerprint, whether it comes
+// from a CA file or from the chain bundled in a leaf file), then, per leaf file, its
+// non-CA certificates (the leaf) or its MISSING or ERROR row.
+func Fold(rows []Row) []Row {
+	out := []Row{}
+	seen := map[string]bool{}
+	for _, r := range rows {
+		switch {
+		case isProblem(r):
+			if r.Service == ServiceCA {
+				out = append(out, r)
+			}
+		case r.CA:
+			if !seen[r.SHA256] {
+				seen[r.SHA256] = true
+				out = append(out, r)
+			}
+		}
+	}
+	for _, r := range rows {
+		if r.Service != ServiceCA && (isProblem(r) || !r.CA) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Summarize computes the summary of rows (over Fold(rows)).
+func Summarize(rows []Row) Summary {
+	folded := Fold(rows)
+	s := Summary{Total: len(folded), Counts: map[Status]int{}}
+	for _, r := range folded {
+		s.Counts[r.Status]++
+		if isProblem(r) {
+			continue
+		}
+		if s.EarliestExpiry == nil || r.ResidualSeconds < s.EarliestExpiry.ResidualSeconds {
+			s.EarliestExpiry = &Expiry{File: r.File, Subject: r.Subject, Expires: r.Expires, ResidualSeconds: r.ResidualSeconds}
+		}
+	}
+	return s
+}
+
+// statusOrder is the order of the summary's counts.
+var statusOrder = []Status{StatusOK, StatusWarning, StatusExpired, StatusNotYetValid, StatusMissing, StatusError}
+
+// Line renders s as the report's last line: "summary: 21 certificates: 20 OK,
+// 1 WARNING; earliest expiry 2027-01-01 (364d) server/tls/client-admin.crt".
+func (s Summary) Line() string {
+	var counts []string
+	for _, st := range statusOrder {
+		if n := s.Counts[st]; n > 0 {
+			counts = append(counts, fmt.Sprintf("%d %s", n, st))
+		}
+	}
+	noun := "certificates"
+	if s.Total == 1 {
+		noun = "certificate"
+	}
+	line := fmt.Sprintf("summary: %d %s: %s", s.Total, noun, strings.Join(counts, ", "))
+	if e := s.EarliestExpiry; e != nil {
+		line += fmt.Sprintf("; earliest expiry %s (%s) ", dateOf(e.Expires), FormatResidualShort(time.Duration(e.ResidualSeconds)*time.Second))
+		line += elide(e.File, max(TableWidth-runeLen(line), 12))
+	}
+	return line
+}
+
+func dateOf(rfc3339 string) string {
+	if t, err := time.Parse(time.RFC3339, rfc3339); err == nil {
+		return t.UTC().Format(time.DateOnly)
+	}
+	return rfc3339
+}
+
+// Render writes rows to w in format f. Unless all is set, the table and text formats
+// show Fold(rows); json and yaml always hold every row.
 //
 //   - table: a header and one aligned row per certificate (columns separated by at
-//     least two spaces; an empty cell shows "-"), then, after a blank line, one
+//     least two spaces; an empty cell shows "-"; subject and issuer by their common
+//     name; every line at most TableWidth characters), then, after a blank line, one
 //     "<file>: <STATUS>: <message>" line for each row that carries a message (the
-//     reason of every MISSING and ERROR row).
+//     reason of every MISSING and ERROR row), then the summary line.
 //   - text: one line per certificate, "<file>: <STATUS>; subject …; issuer …; usages …;
 //     expires … (in …)", and "<file>: MISSING; <message>" or "<file>: ERROR; <message>"
-//     for a missing or unreadable file.
-//   - json: an indented array of Row objects.
-//   - yaml: the same objects as a YAML sequence.
-func Render(w io.Writer, rows []Row, f Format) error {
+//     for a missing or unreadable file, then the summary line.
+//   - json: an indented Report object.
+//   - yaml: the same object in YAML.
+func Render(w io.Writer, rows []Row, f Format, all bool) error {
 	if rows == nil {
 		rows = []Row{}
 	}
+	shown := rows
+	if !all {
+		shown = Fold(rows)
+	}
 	switch f {
 	case FormatTable:
-		return renderTable(w, rows)
+		return renderTable(w, shown, Summarize(rows))
 	case FormatText:
-		return renderText(w, rows)
+		return renderText(w, shown, Summarize(rows))
 	case FormatJSON:
-		b, err := json.MarshalIndent(rows, "", "  ")
+		b, err := json.MarshalIndent(Report{Certificates: rows, Summary: Summarize(rows)}, "", "  ")
 		if err != nil {
 			return err
 		}
 		_, err = w.Write(append(b, '\n'))
 		return err
 	case FormatYAML:
-		b, err := yaml.Marshal(rows)
+		b, err := yaml.Marshal(Report{Certificates: rows, Summary: Summarize(rows)})
 		if err != nil {
 			return err
 		}
@@ -87,17 +201,120 @@ func cell(s string) string {
 	return strings.ReplaceAll(s, "\t", " ")
 }
 
-func renderTable(w io.Writer, rows []Row) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(TableHeader, "\t"))
-	for _, r := range rows {
-		fmt.Fprintln(tw, strings.Join([]string{
-			cell(r.File), cell(r.Subject), cell(r.Issuer), cell(strings.Join(r.Usages, ",")),
-			cell(r.Expires), cell(residualCell(r)), string(r.Status),
-		}, "\t"))
+// commonName returns the CN of a distinguished name as Name.String prints it, or the
+// whole name when it has none.
+func commonName(dn string) string {
+	for _, part := range strings.Split(dn, ",") {
+		if cn, ok := strings.CutPrefix(part, "CN="); ok {
+			return cn
+		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
+	return dn
+}
+
+var usageShort = map[string]string{"CertSign": "CA", "ServerAuth": "server", "ClientAuth": "client"}
+
+func shortUsages(us []string) string {
+	out := make([]string, len(us))
+	for i, u := range us {
+		if s, ok := usageShort[u]; ok {
+			out[i] = s
+		} else {
+			out[i] = u
+		}
+	}
+	return strings.Join(out, ",")
+}
+
+// elide shortens s to n runes by replacing its middle with "…" (both ends carry
+// meaning: a CA's name and its timestamp, a file's dir and its name).
+func elide(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	if n < 2 {
+		return string(r[:n])
+	}
+	head := (n - 1) / 2
+	tail := n - 1 - head
+	return string(r[:head]) + "…" + string(r[len(r)-tail:])
+}
+
+// elideHead shortens s to n runes by replacing its start with "…".
+func elideHead(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n || n < 2 {
+		return elide(s, n)
+	}
+	return "…" + string(r[len(r)-n+1:])
+}
+
+// serverTLSPrefix is left out of the table's file names: a server file is named
+// relative to the tls dir, an agent file as agent/….
+const serverTLSPrefix = "server/tls/"
+
+func runeLen(s string) int { return utf8.RuneCountInString(s) }
+
+func renderTable(w io.Writer, rows []Row, sum Summary) error {
+	lines := [][]string{TableHeader}
+	for _, r := range rows {
+		c := []string{cell(r.Service), cell(strings.TrimPrefix(r.File, serverTLSPrefix)), "-", "-", "-", "-", "-", string(r.Status)}
+		if !isProblem(r) {
+			c[2] = cell(commonName(r.Subject))
+			c[3] = cell(commonName(r.Issuer))
+			c[4] = cell(shortUsages(r.Usages))
+			c[5] = cell(dateOf(r.Expires))
+			c[6] = FormatResidualShort(time.Duration(r.ResidualSeconds) * time.Second)
+		}
+		lines = append(lines, c)
+	}
+	widths := make([]int, len(TableHeader))
+	for _, l := range lines {
+		for i, c := range l {
+			widths[i] = max(widths[i], runeLen(c))
+		}
+	}
+	// Shrink the widest of the file, subject and issuer columns until a row fits.
+	const sep = 2
+	total := func() int {
+		n := sep * (len(widths) - 1)
+		for _, x := range widths {
+			n += x
+		}
+		return n
+	}
+	// Each column's share above its floor shrinks first: a file keeps its name.
+	floor := map[int]int{1: 28, 2: 18, 3: 18}
+	for total() > TableWidth {
+		widest := -1
+		for _, i := range []int{1, 2, 3} {
+			if widths[i] > len(TableHeader[i]) && (widest < 0 || widths[i]-floor[i] > widths[widest]-floor[widest]) {
+				widest = i
+			}
+		}
+		if widest < 0 {
+			break
+		}
+		widths[widest]--
+	}
+	var b strings.Builder
+	for _, l := range lines {
+		b.Reset()
+		for i, c := range l {
+			if i == 1 {
+				c = elideHead(c, widths[i])
+			} else {
+				c = elide(c, widths[i])
+			}
+			b.WriteString(c)
+			if i < len(l)-1 {
+				b.WriteString(strings.Repeat(" ", widths[i]-runeLen(c)+sep))
+			}
+		}
+		if _, err := fmt.Fprintln(w, strings.TrimRight(b.String(), " ")); err != nil {
+			return err
+		}
 	}
 	first := true
 	for _, r := range rows {
@@ -114,20 +331,14 @@ func renderTable(w io.Writer, rows []Row) error {
 			return err
 		}
 	}
-	return nil
+	_, err := fmt.Fprintln(w, sum.Line())
+	return err
 }
 
 // isProblem reports whether r stands for a file rather than a certificate.
 func isProblem(r Row) bool { return r.Status == StatusError || r.Status == StatusMissing }
 
-func residualCell(r Row) string {
-	if isProblem(r) {
-		return ""
-	}
-	return r.Residual
-}
-
-func renderText(w io.Writer, rows []Row) error {
+func renderText(w io.Writer, rows []Row, sum Summary) error {
 	for _, r := range rows {
 		var line string
 		if isProblem(r) {
@@ -150,5 +361,6 @@ func renderText(w io.Writer, rows []Row) error {
 			return err
 		}
 	}
-	return nil
+	_, err := fmt.Fprintln(w, sum.Line())
+	return err
 }

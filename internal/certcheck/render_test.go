@@ -3,6 +3,7 @@ package certcheck
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"reflect"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"sigs.k8s.io/yaml"
 )
@@ -30,10 +32,10 @@ func sampleRows(t *testing.T) []Row {
 	}
 	// Re-evaluate two leaves at other instants to get EXPIRED and NOT YET VALID rows.
 	cs := parseFile(t, f.leafFile(leafNamed(t, "client-kube-proxy")))
-	rows = append(rows,
-		Evaluate("server/tls/client-kube-proxy.crt", cs[0], t0.Add(368*day+2*time.Hour), renewWindow, 0),
-		Evaluate("server/tls/client-kube-proxy.crt", cs[1], t0.Add(-2*time.Hour), renewWindow, 0),
-	)
+	expired := Evaluate("server/tls/client-kube-proxy.crt", cs[0], t0.Add(368*day+2*time.Hour), renewWindow, 0)
+	notYet := Evaluate("server/tls/client-kube-proxy.crt", cs[1], t0.Add(-2*time.Hour), renewWindow, 0)
+	expired.Service, notYet.Service, notYet.Index = "kube-proxy", "kube-proxy", 1
+	rows = append(rows, expired, notYet)
 	seen := map[Status]bool{}
 	for _, r := range rows {
 		seen[r.Status] = true
@@ -49,19 +51,29 @@ func sampleRows(t *testing.T) []Row {
 func TestRenderJSON(t *testing.T) {
 	rows := sampleRows(t)
 	var buf bytes.Buffer
-	if err := Render(&buf, rows, FormatJSON); err != nil {
+	if err := Render(&buf, rows, FormatJSON, false); err != nil {
 		t.Fatal(err)
 	}
-	var back []Row
+	var back Report
 	if err := json.Unmarshal(buf.Bytes(), &back); err != nil {
 		t.Fatalf("unmarshal: %v\n%s", err, buf.String())
 	}
-	if !reflect.DeepEqual(back, rows) {
-		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, rows)
+	if !reflect.DeepEqual(back.Certificates, rows) {
+		t.Errorf("round trip differs:\n got %+v\nwant %+v", back.Certificates, rows)
 	}
-	var objs []map[string]any
-	if err := json.Unmarshal(buf.Bytes(), &objs); err != nil {
+	if !reflect.DeepEqual(back.Summary, Summarize(rows)) {
+		t.Errorf("summary = %+v, want %+v", back.Summary, Summarize(rows))
+	}
+	var doc struct {
+		Certificates []map[string]any `json:"certificates"`
+		Summary      map[string]any   `json:"summary"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &doc); err != nil {
 		t.Fatal(err)
+	}
+	objs := doc.Certificates
+	if _, ok := doc.Summary["counts"].(map[string]any); !ok || doc.Summary["total"] == nil || doc.Summary["earliest_expiry"] == nil {
+		t.Errorf("summary object = %v", doc.Summary)
 	}
 	for i, o := range objs {
 		var keys []string
@@ -69,9 +81,9 @@ func TestRenderJSON(t *testing.T) {
 			keys = append(keys, k)
 		}
 		sort.Strings(keys)
-		want := []string{"expires", "filename", "issuer", "residual", "residual_seconds", "status", "subject", "usages"}
+		want := []string{"ca", "expires", "filename", "index", "issuer", "residual", "residual_seconds", "service", "sha256", "status", "subject", "usages"}
 		if rows[i].Message != "" {
-			want = []string{"expires", "filename", "issuer", "message", "residual", "residual_seconds", "status", "subject", "usages"}
+			want = []string{"ca", "expires", "filename", "index", "issuer", "message", "residual", "residual_seconds", "service", "sha256", "status", "subject", "usages"}
 		}
 		if !reflect.DeepEqual(keys, want) {
 			t.Errorf("object %d keys = %v, want %v", i, keys, want)
@@ -88,28 +100,29 @@ func TestRenderJSON(t *testing.T) {
 	}
 
 	buf.Reset()
-	if err := Render(&buf, nil, FormatJSON); err != nil {
+	if err := Render(&buf, nil, FormatJSON, false); err != nil {
 		t.Fatal(err)
 	}
-	if strings.TrimSpace(buf.String()) != "[]" {
-		t.Errorf("empty report = %q, want []", buf.String())
+	var empty map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &empty); err != nil || fmt.Sprint(empty["certificates"]) != "[]" {
+		t.Errorf("empty report = %q, want an empty certificates array", buf.String())
 	}
 }
 
 func TestRenderYAML(t *testing.T) {
 	rows := sampleRows(t)
 	var buf bytes.Buffer
-	if err := Render(&buf, rows, FormatYAML); err != nil {
+	if err := Render(&buf, rows, FormatYAML, false); err != nil {
 		t.Fatal(err)
 	}
-	var back []Row
+	var back Report
 	if err := yaml.UnmarshalStrict(buf.Bytes(), &back); err != nil {
 		t.Fatalf("unmarshal: %v\n%s", err, buf.String())
 	}
-	if !reflect.DeepEqual(back, rows) {
+	if !reflect.DeepEqual(back.Certificates, rows) || !reflect.DeepEqual(back.Summary, Summarize(rows)) {
 		t.Errorf("round trip differs:\n got %+v\nwant %+v", back, rows)
 	}
-	for _, key := range []string{"- expires:", "  filename: server/tls/client-supervisor.crt", "  residual_seconds:", "  status: NOT YET VALID", "  usages:\n  - ClientAuth"} {
+	for _, key := range []string{"certificates:\n- ca: false\n", "  filename: server/tls/client-supervisor.crt", "  residual_seconds:", "  status: NOT YET VALID", "  usages:\n  - ClientAuth", "summary:\n  counts:\n", "  earliest_expiry:\n"} {
 		if !strings.Contains(buf.String(), key) {
 			t.Errorf("YAML lacks %q:\n%s", key, buf.String())
 		}
@@ -121,14 +134,14 @@ var columnSep = regexp.MustCompile(`\s{2,}`)
 func TestRenderTable(t *testing.T) {
 	rows := sampleRows(t)
 	var buf bytes.Buffer
-	if err := Render(&buf, rows, FormatTable); err != nil {
+	if err := Render(&buf, rows, FormatTable, true); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 	if got := columnSep.Split(lines[0], -1); !reflect.DeepEqual(got, TableHeader) {
 		t.Fatalf("header = %q", got)
 	}
-	statusCol := strings.Index(lines[0], "STATUS")
+	statusCol := utf8.RuneCountInString(lines[0][:strings.Index(lines[0], "STATUS")])
 	for i, r := range rows {
 		line := lines[1+i]
 		cols := columnSep.Split(line, -1)
@@ -136,20 +149,20 @@ func TestRenderTable(t *testing.T) {
 			t.Errorf("line %q has %d columns, want %d", line, len(cols), len(TableHeader))
 			continue
 		}
-		if cols[0] != r.File || cols[6] != string(r.Status) || line[statusCol:] != string(r.Status) {
+		if cols[0] != r.Service || !elidedFrom(cols[1], strings.TrimPrefix(r.File, "server/tls/")) || cols[7] != string(r.Status) || string([]rune(line)[statusCol:]) != string(r.Status) {
 			t.Errorf("line %q does not show row %+v aligned", line, r)
 		}
-		if !isProblem(r) && (cols[1] != r.Subject || cols[2] != r.Issuer || cols[3] != strings.Join(r.Usages, ",") || cols[4] != r.Expires || cols[5] != r.Residual) {
+		if !isProblem(r) && (!elidedFrom(cols[2], commonName(r.Subject)) || !elidedFrom(cols[3], commonName(r.Issuer)) || cols[4] != shortUsages(r.Usages) || cols[5] != r.Expires[:10] || cols[6] != FormatResidualShort(time.Duration(r.ResidualSeconds)*time.Second)) {
 			t.Errorf("line %q does not show row %+v", line, r)
 		}
-		if isProblem(r) && !reflect.DeepEqual(cols[1:6], []string{"-", "-", "-", "-", "-"}) {
+		if isProblem(r) && !reflect.DeepEqual(cols[2:7], []string{"-", "-", "-", "-", "-"}) {
 			t.Errorf("error line %q", line)
 		}
 		if strings.HasSuffix(line, " ") {
 			t.Errorf("line %q has trailing spaces", line)
 		}
 	}
-	// After the rows: a blank line, then one note per row with a message.
+	// After the rows: a blank line, one note per row with a message, the summary.
 	rest := lines[1+len(rows):]
 	var notes []string
 	for _, r := range rows {
@@ -157,19 +170,40 @@ func TestRenderTable(t *testing.T) {
 			notes = append(notes, r.File+": "+string(r.Status)+": "+r.Message)
 		}
 	}
-	if len(rest) != 1+len(notes) || rest[0] != "" || !reflect.DeepEqual(rest[1:], notes) {
-		t.Errorf("notes = %q, want blank line and %q", rest, notes)
+	want := append(append([]string{""}, notes...), Summarize(rows).Line())
+	if !reflect.DeepEqual(rest, want) {
+		t.Errorf("after the rows = %q, want %q", rest, want)
+	}
+	assertWidth(t, buf.String())
+}
+
+// elidedFrom reports whether c is s or s with its middle replaced by "…".
+func elidedFrom(c, s string) bool {
+	if c == s {
+		return true
+	}
+	head, tail, ok := strings.Cut(c, "…")
+	return ok && strings.HasPrefix(s, head) && strings.HasSuffix(s, tail) && len(head)+len(tail) < len(s) && len(head)+len(tail) > 0
+}
+
+func assertWidth(t *testing.T, out string) {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if n := utf8.RuneCountInString(l); n > TableWidth {
+			t.Errorf("line of %d characters (> %d): %q", n, TableWidth, l)
+		}
 	}
 }
 
 func TestRenderTableWithoutNotes(t *testing.T) {
-	rows := []Row{{File: "agent/client-ca.crt", Subject: "CN=ca", Issuer: "CN=ca", Usages: []string{"CertSign"}, Expires: "2036-01-01T00:00:00Z", Residual: "3650d 0h", Status: StatusOK}}
+	rows := []Row{{File: "agent/client-ca.crt", Service: "ca", CA: true, SHA256: "ab", Subject: "CN=ca", Issuer: "CN=ca", Usages: []string{"CertSign"}, Expires: "2036-01-01T00:00:00Z", ResidualSeconds: 3650 * 86400, Residual: "3650d 0h", Status: StatusOK}}
 	var buf bytes.Buffer
-	if err := Render(&buf, rows, FormatTable); err != nil {
+	if err := Render(&buf, rows, FormatTable, false); err != nil {
 		t.Fatal(err)
 	}
-	want := "FILENAME             SUBJECT  ISSUER  USAGES    EXPIRES               RESIDUAL TIME  STATUS\n" +
-		"agent/client-ca.crt  CN=ca    CN=ca   CertSign  2036-01-01T00:00:00Z  3650d 0h       OK\n"
+	want := "SERVICE  FILENAME             SUBJECT  ISSUER  USAGES  EXPIRES     LEFT   STATUS\n" +
+		"ca       agent/client-ca.crt  ca       ca      CA      2036-01-01  3650d  OK\n" +
+		"summary: 1 certificate: 1 OK; earliest expiry 2036-01-01 (3650d) agent/client-ca.crt\n"
 	if buf.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", buf.String(), want)
 	}
@@ -178,10 +212,14 @@ func TestRenderTableWithoutNotes(t *testing.T) {
 func TestRenderText(t *testing.T) {
 	rows := sampleRows(t)
 	var buf bytes.Buffer
-	if err := Render(&buf, rows, FormatText); err != nil {
+	if err := Render(&buf, rows, FormatText, true); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+	if last := lines[len(lines)-1]; last != Summarize(rows).Line() {
+		t.Errorf("last line %q, want the summary", last)
+	}
+	lines = lines[:len(lines)-1]
 	if len(lines) != len(rows) {
 		t.Fatalf("%d lines for %d rows:\n%s", len(lines), len(rows), buf.String())
 	}
@@ -231,7 +269,7 @@ func TestParseFormat(t *testing.T) {
 			t.Errorf("ParseFormat(%q) = %v", bad, err)
 		}
 	}
-	if err := Render(&bytes.Buffer{}, nil, Format("wide")); err == nil {
+	if err := Render(&bytes.Buffer{}, nil, Format("wide"), false); err == nil {
 		t.Error("Render accepted format wide")
 	}
 }

@@ -19,6 +19,7 @@ func newCheckCmd() *cobra.Command {
 		failOn          string
 		renewBeforeDays int
 		caWarnDays      int
+		all             bool
 	)
 	cmd := &cobra.Command{
 		Use:   "check",
@@ -29,7 +30,11 @@ expiry, residual time and status: OK, WARNING (a leaf that expires within
 --renew-before-days, a CA certificate that expires within --ca-warn-days or
 --renew-before-days, whichever is longer), EXPIRED, NOT YET VALID, MISSING for an
 expected file that does not exist, or ERROR for a file that cannot be read; the reason
-of a MISSING or ERROR row follows the table.`,
+of a MISSING or ERROR row follows the table, and a summary line ends it.
+
+The table lists each distinct CA certificate once (the CA files and the chains bundled in
+leaf files) and each leaf file by its leaf; --all lists every certificate of every
+file. -o json and -o yaml always hold every certificate, with a summary object.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -57,7 +62,7 @@ of a MISSING or ERROR row follows the table.`,
 			if err != nil {
 				return err
 			}
-			if err := certcheck.Render(cmd.OutOrStdout(), rows, format); err != nil {
+			if err := certcheck.Render(cmd.OutOrStdout(), rows, format, all); err != nil {
 				return fmt.Errorf("write report: %w", err)
 			}
 			return certcheck.Check(rows, threshold)
@@ -66,6 +71,7 @@ of a MISSING or ERROR row follows the table.`,
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
 	f := cmd.Flags()
+	f.BoolVar(&all, "all", false, "table and text: list every certificate of every file (by default each CA certificate is listed once and a leaf file by its leaf)")
 	f.StringSliceVar(&services, "service", nil, "only these services' certificates (comma-separated or repeated); aliases such as rke2-server are accepted")
 	f.StringVarP(&output, "output", "o", string(certcheck.FormatTable), "output format: table, text, json or yaml")
 	f.StringVar(&failOn, "fail-on", "", "exit 1 when a certificate reaches this status: warning (WARNING or worse) or expired (EXPIRED, NOT YET VALID, MISSING or ERROR)")

@@ -119,7 +119,7 @@ func TestCheckJSON(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 	var rows []certCheckRow
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+	if err := unmarshalCheck(out, &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	if len(rows) != certCheckRows {
@@ -209,7 +209,7 @@ func TestCheckFailOn(t *testing.T) {
 				t.Errorf("exit %d, stderr %q; want %d, %q", code, errOut, tt.code, tt.wantErr)
 			}
 			var rows []certCheckRow
-			if err := json.Unmarshal([]byte(out), &rows); err != nil || len(rows) == 0 {
+			if err := unmarshalCheck(out, &rows); err != nil || len(rows) == 0 {
 				t.Errorf("report not printed in full (%v):\n%s", err, out)
 			}
 		})
@@ -220,7 +220,7 @@ func TestCheckServiceFlag(t *testing.T) {
 	dir := certCheckDataDir(t, true)
 	files := func(out string) []string {
 		var rows []certCheckRow
-		if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		if err := unmarshalCheck(out, &rows); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		var fs []string
@@ -253,13 +253,15 @@ func TestCheckServiceFlag(t *testing.T) {
 
 func TestCheckFormatsAndErrors(t *testing.T) {
 	dir := certCheckDataDir(t, true)
-	code, out, _ := runCertCheck(t, "--data-dir", dir)
+	code, out, _ := runCertCheck(t, "--data-dir", dir, "--all")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if code != 0 || len(lines) != 1+certCheckRows || !strings.HasPrefix(lines[0], "FILENAME") || !strings.HasSuffix(lines[0], "RESIDUAL TIME  STATUS") {
-		t.Errorf("default table: exit %d\n%s", code, out)
+	if code != 0 || len(lines) != 1+certCheckRows+1 || !strings.HasPrefix(lines[0], "SERVICE ") || !strings.HasSuffix(lines[0], "LEFT   STATUS") ||
+		!strings.HasPrefix(lines[len(lines)-1], "summary: ") {
+		t.Errorf("default table: exit %d, %d lines for %d certificates\n%s", code, len(lines), certCheckRows, out)
 	}
-	code, out, _ = runCertCheck(t, "--data-dir", dir, "-o", "text")
+	code, out, _ = runCertCheck(t, "--data-dir", dir, "-o", "text", "--all")
 	lines = strings.Split(strings.TrimSpace(out), "\n")
+	lines = lines[:len(lines)-1]
 	hasLine := func(prefix string) bool {
 		for _, l := range lines {
 			if strings.HasPrefix(l, prefix) {
@@ -273,7 +275,7 @@ func TestCheckFormatsAndErrors(t *testing.T) {
 		t.Errorf("text: exit %d\n%s", code, out)
 	}
 	code, out, _ = runCertCheck(t, "--data-dir", dir, "--output", "yaml")
-	if code != 0 || !strings.HasPrefix(out, "- expires: ") || !strings.Contains(out, "  status: EXPIRED\n") {
+	if code != 0 || !strings.HasPrefix(out, "certificates:\n- ca: true\n") || !strings.Contains(out, "  status: EXPIRED\n") {
 		t.Errorf("yaml: exit %d\n%s", code, out)
 	}
 
@@ -309,7 +311,7 @@ func TestCheckCorruptFile(t *testing.T) {
 		t.Errorf("exit %d, stderr %q, want %q", code, errOut, want)
 	}
 	var rows []map[string]any
-	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+	if err := unmarshalCheck(out, &rows); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	n := 0
@@ -338,18 +340,29 @@ func TestCheckMissingFile(t *testing.T) {
 	}
 	var row string
 	for _, l := range strings.Split(out, "\n") {
-		if strings.HasPrefix(l, "server/tls/etcd/peer-ca.crt ") {
+		if strings.HasPrefix(l, "ca ") && strings.Contains(l, " etcd/peer-ca.crt ") {
 			row = l
 		}
 	}
-	if f := strings.Fields(row); len(f) != 7 || f[1] != "-" || f[5] != "-" || f[6] != "MISSING" {
+	if f := strings.Fields(row); len(f) != 8 || f[2] != "-" || f[6] != "-" || f[7] != "MISSING" {
 		t.Errorf("table row %q, want dashes and MISSING:\n%s", row, out)
 	}
-	if !strings.HasSuffix(out, "\n\nserver/tls/etcd/peer-ca.crt: MISSING: the file does not exist\n") {
+	if !strings.Contains(out, "\n\nserver/tls/etcd/peer-ca.crt: MISSING: the file does not exist\nsummary: ") {
 		t.Errorf("table does not end with the reason:\n%s", out)
 	}
 	_, out, _ = runCertCheck(t, "--data-dir", dir, "-o", "yaml")
-	if !strings.Contains(out, "  filename: server/tls/etcd/peer-ca.crt\n  issuer: \"\"\n  message: the file does not exist\n") || !strings.Contains(out, "  status: MISSING\n") {
+	if !strings.Contains(out, "  filename: server/tls/etcd/peer-ca.crt\n  index: 0\n  issuer: \"\"\n  message: the file does not exist\n") || !strings.Contains(out, "  status: MISSING\n") {
 		t.Errorf("yaml lacks the MISSING row:\n%s", out)
 	}
+}
+
+// unmarshalCheck decodes the certificates of a `check -o json` report into rows.
+func unmarshalCheck(out string, rows any) error {
+	var rep struct {
+		Certificates json.RawMessage `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		return err
+	}
+	return json.Unmarshal(rep.Certificates, rows)
 }

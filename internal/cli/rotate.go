@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -29,17 +30,23 @@ The aliases rke2-server, k3s-server (kpki-server) and rke2-controller, k3s-contr
 			if err != nil {
 				return err
 			}
+			out := cmd.OutOrStdout()
+			// A dry run changes nothing, so it runs while kpki does; the real rotation
+			// needs kpki stopped.
 			release, err := certrotate.Lock(dataDir)
-			if err != nil {
+			switch {
+			case err == nil:
+				defer release()
+			case dryRun && errors.Is(err, certrotate.ErrRunning):
+				fmt.Fprintf(out, "note: %v; stop it before running the rotation without --dry-run\n", err)
+			default:
 				return err
 			}
-			defer release()
 			now := time.Now()
 			plan, err := certrotate.Build(certrotate.Options{DataDir: dataDir, Services: resolved, Now: now})
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
 			plan.Print(out, dryRun)
 			if dryRun {
 				fmt.Fprintln(out, "dry run: nothing was changed")

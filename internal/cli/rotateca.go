@@ -40,7 +40,7 @@ nodes afterwards, servers first, then agents.`,
 			if err != nil {
 				return err
 			}
-			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), dataDir, u, path, force, dryRun)
+			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, path, force, dryRun)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -54,7 +54,7 @@ nodes afterwards, servers first, then agents.`,
 
 // runRotateCA reads the staged files and sends them to the server. ctx is the command's
 // (cancelled by SIGINT and SIGTERM, see Execute): the request is made with it.
-func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, dir string, force, dryRun bool) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -96,7 +96,11 @@ func runRotateCA(ctx context.Context, out io.Writer, dataDir, server, dir string
 	}
 	var se *api.StatusError
 	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
-		return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", strings.Join(se.Body.Errors, "; "), se.Body.ID)
+		if len(se.Body.Errors) == 1 {
+			return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", se.Body.Errors[0], se.Body.ID)
+		}
+		printFailedChecks(errOut, se.Body.Errors)
+		return fmt.Errorf("CA rotation refused, nothing changed: %d checks failed, listed above (server error id %s)", len(se.Body.Errors), se.Body.ID)
 	}
 	if err != nil {
 		return err
@@ -149,4 +153,38 @@ func readStaged(dir string) (map[string][]byte, error) {
 		}
 		return b, err
 	})
+}
+
+// printFailedChecks writes one line per failed check. A hint that ends several of
+// them (their text after the last "; ") is cut from each and printed once, last.
+func printFailedChecks(w io.Writer, errs []string) {
+	hintOf := func(e string) string {
+		if i := strings.LastIndex(e, "; "); i >= 0 {
+			return e[i+2:]
+		}
+		return ""
+	}
+	count := map[string]int{}
+	for _, e := range errs {
+		if h := hintOf(e); h != "" {
+			count[h]++
+		}
+	}
+	var hints []string
+	listed := map[string]bool{}
+	fmt.Fprintf(w, "CA rotation refused: %d checks failed:\n", len(errs))
+	for _, e := range errs {
+		h := hintOf(e)
+		if count[h] > 1 {
+			e = strings.TrimSuffix(e, "; "+h)
+			if !listed[h] {
+				hints = append(hints, h)
+				listed[h] = true
+			}
+		}
+		fmt.Fprintf(w, "  - %s\n", e)
+	}
+	for _, h := range hints {
+		fmt.Fprintf(w, "hint: %s\n", h)
+	}
 }

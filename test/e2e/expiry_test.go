@@ -142,11 +142,13 @@ type checkRow struct {
 func certCheck(t *testing.T, dd string, args ...string) (cmdResult, []checkRow) {
 	t.Helper()
 	r := runKpki(t, nil, append([]string{"certificate", "check", "--data-dir", dd, "-o", "json"}, args...)...)
-	var rows []checkRow
-	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
+	var rep struct {
+		Certificates []checkRow `json:"certificates"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("check report is not JSON: %v\n%s", err, r)
 	}
-	return r, rows
+	return r, rep.Certificates
 }
 
 // waitCAWarnings waits until the server has logged n CA warnings in all and checks that

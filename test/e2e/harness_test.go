@@ -55,7 +55,44 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if argv := os.Getenv(measureEnv); argv != "" {
+		os.Exit(measureChild(argv))
+	}
 	os.Exit(runTests(m))
+}
+
+// measureEnv makes the test binary a wrapper that runs the command in it (a JSON list) and
+// writes the peak RSS of that command, in KB, to the file named by measureOutEnv. A command
+// started straight from the test process would report the test process's own peak: Linux
+// counts the memory of the process that execs, and os/exec starts children sharing the
+// parent's memory until they exec. The wrapper is small, so its child's peak is the
+// command's own.
+const (
+	measureEnv    = "KPKI_E2E_MEASURE_ARGV"
+	measureOutEnv = "KPKI_E2E_MEASURE_OUT"
+)
+
+func measureChild(argv string) int {
+	var args []string
+	if err := json.Unmarshal([]byte(argv), &args); err != nil || len(args) == 0 {
+		fmt.Fprintln(os.Stderr, "e2e measure:", err)
+		return 125
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, measureEnv+"=") || strings.HasPrefix(kv, measureOutEnv+"=")
+	})
+	err := cmd.Run()
+	if cmd.ProcessState == nil {
+		fmt.Fprintln(os.Stderr, "e2e measure:", err)
+		return 125
+	}
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		_ = os.WriteFile(os.Getenv(measureOutEnv), []byte(strconv.FormatInt(ru.Maxrss, 10)), 0o600)
+	}
+	return cmd.ProcessState.ExitCode()
 }
 
 func runTests(m *testing.M) int {

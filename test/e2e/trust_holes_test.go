@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -43,12 +44,18 @@ func runKpkiWithin(t *testing.T, limit time.Duration, args ...string) timedResul
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
-	cmd.Env = cleanEnv(nil)
+	argv, err := json.Marshal(append([]string{binary(t)}, args...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rssFile := filepath.Join(t.TempDir(), "maxrss")
+	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd.Env = cleanEnv([]string{measureEnv + "=" + string(argv), measureOutEnv + "=" + rssFile})
+	cmd.WaitDelay = time.Second
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
-	err := cmd.Run()
+	err = cmd.Run()
 	r := timedResult{cmdResult: cmdResult{args: args, stdout: stdout.String(), stderr: stderr.String()}, took: time.Since(start)}
 	if ctx.Err() != nil {
 		t.Fatalf("kpki %s did not return within %v (killed)\n%s", strings.Join(quoteArgs(args), " "), limit, r.cmdResult)
@@ -58,8 +65,12 @@ func runKpkiWithin(t *testing.T, limit time.Duration, args ...string) timedResul
 		t.Fatalf("run kpki: %v", err)
 	}
 	r.code = cmd.ProcessState.ExitCode()
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		r.maxRSSKB = ru.Maxrss
+	kb, err := os.ReadFile(rssFile)
+	if err != nil {
+		t.Fatalf("peak RSS of kpki %s: %v", strings.Join(quoteArgs(args), " "), err)
+	}
+	if r.maxRSSKB, err = strconv.ParseInt(string(kb), 10, 64); err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("kpki %s: exit code %d in %v, max RSS %d KB", strings.Join(quoteArgs(args), " "), r.code, r.took.Round(time.Millisecond), r.maxRSSKB)
 	return r

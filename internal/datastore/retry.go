@@ -100,6 +100,10 @@ var transientEtcdErrors = []error{
 
 // classify sorts the error of an attempt made with the context attempt (a child of the
 // caller's context with the attempt deadline).
+// deadlineSkew is how close to an attempt's deadline a DeadlineExceeded answer of the
+// member counts as that deadline.
+const deadlineSkew = 250 * time.Millisecond
+
 func classify(err error, attempt context.Context) failure {
 	if err == nil {
 		return permanent
@@ -114,8 +118,12 @@ func classify(err error, attempt context.Context) failure {
 	}
 	if errors.Is(err, context.DeadlineExceeded) || status.Code(err) == codes.DeadlineExceeded {
 		// The attempt's deadline; when it was the caller's, do sees the caller's context
-		// ended and stops.
+		// ended and stops. etcd gets the deadline with the request and may answer
+		// DeadlineExceeded a moment before the client's own timer fires.
 		if errors.Is(attempt.Err(), context.DeadlineExceeded) {
+			return ambiguous
+		}
+		if dl, ok := attempt.Deadline(); ok && time.Until(dl) < deadlineSkew {
 			return ambiguous
 		}
 		return permanent

@@ -23,6 +23,8 @@ func TestClassify(t *testing.T) {
 	defer cancel()
 	cancelled, cancel2 := context.WithCancel(context.Background())
 	cancel2()
+	closing, cancel3 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel3()
 	for _, tc := range []struct {
 		name    string
 		err     error
@@ -41,6 +43,7 @@ func TestClassify(t *testing.T) {
 		{"the attempt's deadline", context.DeadlineExceeded, expired, ambiguous},
 		{"gRPC deadline of the attempt", status.Error(codes.DeadlineExceeded, "context deadline exceeded"), expired, ambiguous},
 		{"a deadline that is not the attempt's", context.DeadlineExceeded, live, permanent},
+		{"the member's answer to the attempt's deadline, a moment early", status.Error(codes.DeadlineExceeded, "context deadline exceeded"), closing, ambiguous},
 		{"cancelled", context.Canceled, cancelled, permanent},
 		{"compacted", rpctypes.ErrCompacted, live, permanent},
 		{"permission denied", rpctypes.ErrPermissionDenied, live, permanent},

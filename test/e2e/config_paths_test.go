@@ -51,7 +51,7 @@ cluster-domain: cluster.local
 	r := runKpki(t, nil, "certificate", "check", "--config", cfg)
 	noWarnings(r)
 	// The default data dir holds no server here: rows come from the configured one.
-	if !strings.Contains(r.stdout, "server/tls/serving-supervisor.crt") {
+	if !strings.Contains(r.stdout, "serving-supervisor.crt") {
 		t.Errorf("check did not report the configured data dir's certificates:\n%s", r)
 	}
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/testport"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -77,12 +78,7 @@ func (c etcdCerts) clientTLS() ClientTLS {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return testport.Free(t)
 }
 
 // embeddedConfig describes a single-member etcd on loopback with its files under dir.

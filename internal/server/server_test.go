@@ -21,16 +21,12 @@ import (
 
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/testport"
 )
 
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return testport.Free(t)
 }
 
 func testConfig(t testing.TB, dir string) Config {

@@ -45,7 +45,7 @@ FUZZ_TARGETS = \
 	./internal/cli:FuzzConfig \
 	./internal/rotation:FuzzValidateStaged
 FUZZTIME ?= 10m
-FUZZTIME_SHORT ?= 8s
+FUZZTIME_SHORT ?= 6s
 FUZZPARALLEL ?= 1
 
 # Each fuzz target for FUZZTIME (docs/testing.md gives the figures of such a run).

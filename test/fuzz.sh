@@ -28,6 +28,7 @@ for spec in "$@"; do
   rc=${PIPESTATUS[0]}
   after=$(ls "$corpus" 2>/dev/null | sort)
   last=$(grep '^fuzz: elapsed: ' "$log" | grep -v 'gathering baseline' | tail -n 1)
+  [ -n "$last" ] || last="$(grep '^fuzz: elapsed: ' "$log" | tail -n 1) (the whole run went to the corpus already found)"
   status=ok
   if [ "$rc" -ne 0 ]; then
     if [ "$before" = "$after" ] && grep -q '^    context deadline exceeded$' "$log" && ! grep -q 'Failing input written to' "$log"; then

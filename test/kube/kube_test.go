@@ -130,10 +130,11 @@ func TestKubernetesOnKpkiPKI(t *testing.T) {
 		c.expectIdentity(c.cred("scheduler.kubeconfig"), "system:kube-scheduler", "")
 		c.expectIdentity(c.cred("supervisor.kubeconfig"), "system:kpki-supervisor", "system:masters")
 
+		// The node claims an address of its own: 127.0.0.1 is the server's, which no agent may claim.
 		agentDir := filepath.Join(c.dir, "agent")
 		tok := strings.TrimSpace(readFile(t, filepath.Join(c.dd, "server", "agent-token")))
 		mustRun(t, bins.kpki, "agent", "--once", "--server", c.supervisorURL(), "--token", tok,
-			"--data-dir", agentDir, "--node-name", "kube-node-1", "--node-ip", "127.0.0.1", "--api-server-port", itoa(c.api))
+			"--data-dir", agentDir, "--node-name", "kube-node-1", "--node-ip", "127.0.0.51", "--api-server-port", itoa(c.api))
 		c.expectIdentity(filepath.Join(agentDir, "agent", "kubelet.kubeconfig"), "system:node:kube-node-1", "system:nodes")
 		c.expectIdentity(filepath.Join(agentDir, "agent", "kubeproxy.kubeconfig"), "system:kube-proxy", "")
 	})

@@ -33,20 +33,12 @@ import (
 // DefaultUser is the basic-auth user when the token names none.
 const DefaultUser = "node"
 
-// Files under <data-dir>/agent that are not certificate table rows.
+// Files under <data-dir>/agent that are not rows of the certs tables (leaves, CA
+// copies, kubeconfigs).
 const (
-	ServerCAFile     = "server-ca.crt"
-	ClientCAFile     = "client-ca.crt"
 	NodePasswordFile = "node-password"
 	LockFile         = "kpki-agent.lock"
 )
-
-// Kubeconfigs lists the kubeconfig files the agent writes and the leaf each one uses.
-var Kubeconfigs = []struct{ File, Leaf string }{
-	{"kubelet.kubeconfig", "client-kubelet"},
-	{"kubeproxy.kubeconfig", "client-kube-proxy"},
-	{"kpkicontroller.kubeconfig", "client-kpki-controller"},
-}
 
 // Config is what `kpki agent` is given.
 type Config struct {

@@ -81,13 +81,26 @@ func (fx *fixture) join() (*Agent, *logBuffer) {
 
 func agentLeaves() []certs.Leaf { return certs.Select(certs.AgentNode, nil) }
 
+// The CA copies and the kubeconfigs an agent writes, written down apart from the certs
+// tables.
+const (
+	serverCAFile = "server-ca.crt"
+	clientCAFile = "client-ca.crt"
+)
+
+var agentKubeconfigs = []struct{ File, Leaf string }{
+	{"kubelet.kubeconfig", "client-kubelet"},
+	{"kubeproxy.kubeconfig", "client-kube-proxy"},
+	{"kpkicontroller.kubeconfig", "client-kpki-controller"},
+}
+
 // allFiles are the files a joined agent has, relative to <dd>/agent.
 func allFiles() []string {
-	files := []string{ServerCAFile, ClientCAFile, NodePasswordFile, LockFile}
+	files := []string{serverCAFile, clientCAFile, NodePasswordFile, LockFile}
 	for _, l := range agentLeaves() {
 		files = append(files, l.Name+".crt", l.Name+".key")
 	}
-	for _, k := range Kubeconfigs {
+	for _, k := range agentKubeconfigs {
 		files = append(files, k.File)
 	}
 	slices.Sort(files)
@@ -275,7 +288,7 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 	}
 
 	serverCA, clientCA := fx.fake.cas()
-	if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), serverCA.BundlePEM) || !bytes.Equal(readFile(t, fx.path(ClientCAFile)), clientCA.BundlePEM) {
+	if !bytes.Equal(readFile(t, fx.path(serverCAFile)), serverCA.BundlePEM) || !bytes.Equal(readFile(t, fx.path(clientCAFile)), clientCA.BundlePEM) {
 		t.Error("CA bundle files differ from the server's bundles")
 	}
 	for _, l := range agentLeaves() {
@@ -332,7 +345,7 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 		}
 	}
 
-	for _, k := range Kubeconfigs {
+	for _, k := range agentKubeconfigs {
 		var kc struct {
 			Clusters []struct {
 				Cluster map[string]string `json:"cluster"`
@@ -348,7 +361,7 @@ func TestFirstJoinWritesEveryFile(t *testing.T) {
 			t.Fatalf("%s: %+v", k.File, kc)
 		}
 		c, u := kc.Clusters[0].Cluster, kc.Users[0].User
-		if c["server"] != "https://127.0.0.1:6443" || c["certificate-authority"] != fx.path(ServerCAFile) ||
+		if c["server"] != "https://127.0.0.1:6443" || c["certificate-authority"] != fx.path(serverCAFile) ||
 			u["client-certificate"] != fx.path(k.Leaf+".crt") || u["client-key"] != fx.path(k.Leaf+".key") {
 			t.Errorf("%s: cluster %v, user %v", k.File, c, u)
 		}
@@ -475,7 +488,7 @@ func TestCAChangeReissuesLeaves(t *testing.T) {
 	if len(res.Renewed) != 4 {
 		t.Errorf("renewed %v, want all 4 leaves", res.Renewed)
 	}
-	if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), newServer.BundlePEM) || !bytes.Equal(readFile(t, fx.path(ClientCAFile)), newClient.BundlePEM) {
+	if !bytes.Equal(readFile(t, fx.path(serverCAFile)), newServer.BundlePEM) || !bytes.Equal(readFile(t, fx.path(clientCAFile)), newClient.BundlePEM) {
 		t.Error("CA files not updated")
 	}
 	for _, l := range agentLeaves() {
@@ -519,8 +532,8 @@ func TestCrossSignedCARotation(t *testing.T) {
 		t.Errorf("CA change not logged:\n%s", buf)
 	}
 	kept := pki.EncodeCerts(newServer.Cert, cross, oldServer.Cert)
-	if got := readFile(t, fx.path(ServerCAFile)); !bytes.Equal(got, kept) {
-		t.Errorf("%s holds %d certificates, want the chain new CA, cross-signed root, old CA", ServerCAFile, len(readCerts(t, fx.path(ServerCAFile))))
+	if got := readFile(t, fx.path(serverCAFile)); !bytes.Equal(got, kept) {
+		t.Errorf("%s holds %d certificates, want the chain new CA, cross-signed root, old CA", serverCAFile, len(readCerts(t, fx.path(serverCAFile))))
 	}
 	if crt := readFile(t, fx.path("serving-kubelet.crt")); !bytes.HasSuffix(crt, kept) {
 		t.Error("serving-kubelet.crt does not end with the kept chain")
@@ -551,8 +564,8 @@ func TestCrossSignedCARotation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("new token %s: %v", tc.hash, err)
 		}
-		if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), tc.chain) {
-			t.Errorf("new token %s: %s is not the chain to the certificate it names", tc.hash, ServerCAFile)
+		if !bytes.Equal(readFile(t, fx.path(serverCAFile)), tc.chain) {
+			t.Errorf("new token %s: %s is not the chain to the certificate it names", tc.hash, serverCAFile)
 		}
 		if res.Signed() != 0 || !slices.Equal(res.Rebundled, []string{fx.path("serving-kubelet.crt")}) {
 			t.Errorf("new token %s: %+v, want serving-kubelet.crt rebundled and nothing signed", tc.hash, res)
@@ -646,7 +659,7 @@ func TestRefusals(t *testing.T) {
 		if n := len(signingRequests(fx.fake.takeRequests())); n != 1 {
 			t.Errorf("%d signing requests after a 403, want 1", n)
 		}
-		for _, k := range Kubeconfigs {
+		for _, k := range agentKubeconfigs {
 			if datadir.Exists(fx.path(k.File)) {
 				t.Errorf("%s written by a failed join", k.File)
 			}

@@ -62,19 +62,8 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 		certs.ServerCA: tr.CA(),
 		certs.ClientCA: {Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM},
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{ServerCAFile, tr.PEM}, {ClientCAFile, clientPEM}} {
-		path := a.layout.Agent(f.name)
-		changed, err := datadir.WriteIfChanged(path, f.data, fileMode)
-		if err != nil {
-			return res, err
-		}
-		if changed {
-			res.Written = append(res.Written, path)
-			a.log.Info("wrote CA bundle", "file", path, "subject", cas[caOfFile(f.name)].Cert.Subject.String())
-		}
+	if err := a.writeCABundles(cas, &res); err != nil {
+		return res, err
 	}
 
 	var errs []error
@@ -99,25 +88,8 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 		return res, errors.Join(errs...)
 	}
 
-	for _, k := range Kubeconfigs {
-		path := a.layout.Agent(k.File)
-		data, err := kubeconfig.RenderFiles(kubeconfig.Files{
-			Server:         a.apiServer,
-			CAFile:         a.layout.Agent(ServerCAFile),
-			ClientCertFile: a.layout.Agent(k.Leaf + ".crt"),
-			ClientKeyFile:  a.layout.Agent(k.Leaf + ".key"),
-		})
-		if err != nil {
-			return res, fmt.Errorf("render %s: %w", path, err)
-		}
-		changed, err := datadir.WriteIfChanged(path, data, fileMode)
-		if err != nil {
-			return res, err
-		}
-		if changed {
-			res.Written = append(res.Written, path)
-			a.log.Info("wrote kubeconfig", "file", path, "server", a.apiServer)
-		}
+	if err := a.writeKubeconfigs(&res); err != nil {
+		return res, err
 	}
 
 	marker := a.layout.ForceRestart()
@@ -130,11 +102,53 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
-func caOfFile(name string) certs.CAID {
-	if name == ServerCAFile {
-		return certs.ServerCA
+// writeCABundles writes the copy of each CA of the table that agents keep (its
+// BundlePEM in cas) under the CA's file name.
+func (a *Agent) writeCABundles(cas map[certs.CAID]*pki.CA, res *Result) error {
+	for _, spec := range certs.CAs {
+		if !spec.Agent {
+			continue
+		}
+		ca := cas[spec.ID]
+		if ca == nil {
+			return fmt.Errorf("%s: not a CA the agent fetches", spec.ID)
+		}
+		path := a.layout.Agent(spec.CertFile)
+		changed, err := datadir.WriteIfChanged(path, ca.BundlePEM, fileMode)
+		if err != nil {
+			return err
+		}
+		if changed {
+			res.Written = append(res.Written, path)
+			a.log.Info("wrote CA bundle", "file", path, "subject", ca.Cert.Subject.String())
+		}
 	}
-	return certs.ClientCA
+	return nil
+}
+
+// writeKubeconfigs writes the agent's kubeconfigs (certs.Kubeconfigs).
+func (a *Agent) writeKubeconfigs(res *Result) error {
+	for _, k := range certs.NodeKubeconfigs(certs.AgentNode) {
+		path := a.layout.Agent(k.File)
+		data, err := kubeconfig.RenderFiles(kubeconfig.Files{
+			Server:         a.apiServer,
+			CAFile:         a.layout.Agent(certs.CA(k.CA).CertFile),
+			ClientCertFile: a.layout.Agent(k.Leaf + ".crt"),
+			ClientKeyFile:  a.layout.Agent(k.Leaf + ".key"),
+		})
+		if err != nil {
+			return fmt.Errorf("render %s: %w", path, err)
+		}
+		changed, err := datadir.WriteIfChanged(path, data, fileMode)
+		if err != nil {
+			return err
+		}
+		if changed {
+			res.Written = append(res.Written, path)
+			a.log.Info("wrote kubeconfig", "file", path, "server", a.apiServer)
+		}
+	}
+	return nil
 }
 
 // ensureNodePassword reads <dd>/agent/node-password, creating it on the first join.

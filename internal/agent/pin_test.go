@@ -117,8 +117,8 @@ func TestAppendedCADropped(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertUnchanged(t, "appended CA", before, snapshot(t, fx.dd))
-	if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), real.BundlePEM) {
-		t.Errorf("%s is not the real chain", ServerCAFile)
+	if !bytes.Equal(readFile(t, fx.path(serverCAFile)), real.BundlePEM) {
+		t.Errorf("%s is not the real chain", serverCAFile)
 	}
 	for _, c := range a.trust.Chain {
 		if c.Equal(other.Cert) {
@@ -155,8 +155,8 @@ func TestPinForms(t *testing.T) {
 		if _, err := a.RunOnce(context.Background()); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if !bytes.Equal(readFile(t, fx.path(ServerCAFile)), tc.chain) {
-			t.Errorf("%s: %s is not the chain to the pinned certificate", tc.name, ServerCAFile)
+		if !bytes.Equal(readFile(t, fx.path(serverCAFile)), tc.chain) {
+			t.Errorf("%s: %s is not the chain to the pinned certificate", tc.name, serverCAFile)
 		}
 	}
 

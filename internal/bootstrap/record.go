@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path"
 	"slices"
 	"time"
+
+	"github.com/kpki/kpki/internal/certs"
 )
 
 // File is one file held in the bootstrap record. Its JSON form is
@@ -23,21 +26,27 @@ type FileSpec struct {
 	Mode  os.FileMode
 }
 
+// PasswdField is the record field of <dd>/server/cred/passwd.
+const PasswdField = "PasswdFile"
+
+// TLSDir is the server tls dir, relative to the data dir, slash-separated.
+const TLSDir = "server/tls"
+
 // Files lists the record fields kpki knows, in the order they are reconciled
-// and reported.
-var Files = []FileSpec{
-	{"ServerCA", "server/tls/server-ca.crt", 0o600},
-	{"ServerCAKey", "server/tls/server-ca.key", 0o600},
-	{"ClientCA", "server/tls/client-ca.crt", 0o600},
-	{"ClientCAKey", "server/tls/client-ca.key", 0o600},
-	{"RequestHeaderCA", "server/tls/request-header-ca.crt", 0o600},
-	{"RequestHeaderCAKey", "server/tls/request-header-ca.key", 0o600},
-	{"ETCDServerCA", "server/tls/etcd/server-ca.crt", 0o600},
-	{"ETCDServerCAKey", "server/tls/etcd/server-ca.key", 0o600},
-	{"ETCDPeerCA", "server/tls/etcd/peer-ca.crt", 0o600},
-	{"ETCDPeerCAKey", "server/tls/etcd/peer-ca.key", 0o600},
-	{"ServiceKey", "server/tls/service.key", 0o600},
-	{"PasswdFile", "server/cred/passwd", 0o600},
+// and reported: each CA's certificate and key (the certs.CAs table), the
+// service-account keys, the passwd file.
+var Files = files()
+
+func files() []FileSpec {
+	var out []FileSpec
+	for _, c := range certs.CAs {
+		out = append(out,
+			FileSpec{c.CertField, path.Join(TLSDir, c.CertFile), 0o600},
+			FileSpec{c.KeyField, path.Join(TLSDir, c.KeyFile), 0o600})
+	}
+	return append(out,
+		FileSpec{certs.ServiceKeyField, path.Join(TLSDir, certs.ServiceKeyFile), 0o600},
+		FileSpec{PasswdField, "server/cred/passwd", 0o600})
 }
 
 // knownField reports whether field is one of Files.

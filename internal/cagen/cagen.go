@@ -36,10 +36,9 @@ const (
 	// RootValidity is the lifetime of a generated root CA (generate-ca) and of a new
 	// root and its cross-signed copy (cross-sign-ca): 7300 days, as in the K3s scripts.
 	RootValidity = 7300 * day
-	// IntermediateValidity is the lifetime of a generated intermediate CA.
+	// IntermediateValidity is the lifetime of a generated intermediate CA. Each cluster
+	// CA gets the Validity of its certs.CAs row.
 	IntermediateValidity = 3650 * day
-	// CAValidity is the lifetime of each generated cluster CA.
-	CAValidity = 3650 * day
 
 	RootKeyBits         = 4096
 	IntermediateKeyBits = 4096
@@ -65,9 +64,7 @@ const Product = "kpki"
 const fileMode fs.FileMode = 0o600
 
 // cn returns "<name>@<unix seconds>", the common-name form of every generated CA.
-func cn(name string, now time.Time) string {
-	return name + "@" + strconv.FormatInt(now.Unix(), 10)
-}
+func cn(name string, now time.Time) string { return certs.StampedName(name, now) }
 
 // rootName is the common-name prefix of the new root of a cluster CA made by
 // CrossSignCA: "kpki-server-ca" gives "kpki-server-root".

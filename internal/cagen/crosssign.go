@@ -46,27 +46,16 @@ func CrossSignCA(dataDir string, clk clock.Clock, out io.Writer) (*CrossSignResu
 	if clk == nil {
 		clk = clock.Real{}
 	}
-	now := clk.Now()
-	iss := pki.NewIssuer(clk, nil)
 	l := datadir.Layout{Root: dataDir}
-	dir := l.Server(RotateCADir)
-	res := &CrossSignResult{Dir: dir}
+	x := &crossSigning{layout: l, dir: l.Server(RotateCADir), now: clk.Now(), iss: pki.NewIssuer(clk, nil), out: out}
+	res := &CrossSignResult{Dir: x.dir}
 
 	// The token passwords, read first so that a data dir that is not a server's fails
 	// before any key is made.
-	var passwords [2]string
-	for i, f := range []string{l.TokenFile(), l.AgentTokenFile()} {
-		data, err := readRequired(f, "token file")
-		if err != nil {
-			return nil, fmt.Errorf("%w (is %s a kpki server data dir?)", err, dataDir)
-		}
-		t, err := token.Parse(string(data))
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", f, err)
-		}
-		passwords[i] = t.Password
+	serverPassword, agentPassword, err := tokenPasswords(l)
+	if err != nil {
+		return nil, err
 	}
-
 	svcPath := l.TLS(certs.ServiceKeyFile)
 	oldSvc, err := readRequired(svcPath, "current service-account key file")
 	if err != nil {
@@ -76,105 +65,172 @@ func CrossSignCA(dataDir string, clk clock.Clock, out io.Writer) (*CrossSignResu
 		return nil, fmt.Errorf("service-account keys %s: %w", svcPath, err)
 	}
 
-	var files []datadir.File
-	add := func(name string, data []byte) {
-		files = append(files, datadir.File{Path: filepath.Join(dir, "tls", name), Data: data, Mode: fileMode})
-	}
 	var serverBundle []byte
 	for _, c := range certs.CAs {
-		crtPath, keyPath := l.TLS(c.CertFile), l.TLS(c.KeyFile)
-		crtPEM, err := readRequired(crtPath, "current CA certificate")
-		if err != nil {
-			return nil, fmt.Errorf("%w; cannot continue", err)
-		}
-		keyPEM, err := readRequired(keyPath, "current CA key")
-		if err != nil {
-			return nil, fmt.Errorf("%w; cannot continue", err)
-		}
-		old, cur, err := currentRoot(crtPath, crtPEM, keyPath, keyPEM)
+		bundle, err := x.crossSign(c)
 		if err != nil {
 			return nil, err
 		}
-		stamp := freeStamp(now, old, rootName(c), c.CNPrefix)
-		expired := now.After(cur.Cert.NotAfter)
-		if expired {
-			fmt.Fprintf(out, "Warning: the current %s root %q expired on %s: the cross-signature gives no continuity, and rotate-ca will need --force\n",
-				c.ID, cur.Cert.Subject.String(), cur.Cert.NotAfter.UTC().Format(time.RFC3339))
-		}
-
-		fmt.Fprintf(out, "Generating %s root and cross-signed certificate authority key and certificates\n", rootName(c))
-		rootKey, err := iss.NewECKey()
-		if err != nil {
-			return nil, fmt.Errorf("generate %s root key: %w", c.ID, err)
-		}
-		selfSigned, err := iss.SelfSignedCA(rootKey, cn(rootName(c), stamp), RootValidity)
-		if err != nil {
-			return nil, err
-		}
-		crossSigned, err := iss.CrossSign(cur, selfSigned, RootValidity)
-		if err != nil {
-			return nil, fmt.Errorf("cross-sign the new %s root with the current root of %s: %w", c.ID, crtPath, err)
-		}
-		fmt.Fprintf(out, "Generating %s intermediate certificate authority key and certificate\n", c.CNPrefix)
-		caKey, err := iss.NewECKey()
-		if err != nil {
-			return nil, fmt.Errorf("generate %s key: %w", c.ID, err)
-		}
-		ca, err := iss.SignCA(&pki.CA{Cert: selfSigned, Key: rootKey}, caKey.Public(), cn(c.CNPrefix, stamp), CAValidity)
-		if err != nil {
-			return nil, err
-		}
-
-		bundle := []*x509.Certificate{ca, selfSigned, crossSigned, cur.Cert}
-		if err := checkCrossChain(bundle, cur.Cert, !expired, now); err != nil {
-			return nil, fmt.Errorf("%s: the new CA does not verify against the current CA %s: %w", filepath.Join(dir, "tls", c.CertFile), crtPath, err)
-		}
-		bundlePEM := pki.EncodeCerts(bundle...)
-		keys, err := keyPEMs(caKey, rootKey)
-		if err != nil {
-			return nil, err
-		}
-		add(c.CertFile, bundlePEM)
-		add(c.KeyFile, keys)
 		if c.ID == certs.ServerCA {
-			serverBundle = bundlePEM
+			serverBundle = bundle
 		}
 	}
-
-	svc, _, err := serviceKeyFile(iss, oldSvc, svcPath)
+	svc, _, err := serviceKeyFile(x.iss, oldSvc, svcPath)
 	if err != nil {
 		return nil, err
 	}
-	add(certs.ServiceKeyFile, svc)
+	x.add(certs.ServiceKeyFile, svc)
 
 	if res.CAHash, err = pki.CAHash(serverBundle); err != nil {
 		return nil, fmt.Errorf("new %s: %w", certs.CA(certs.ServerCA).CertFile, err)
 	}
-	res.ServerToken = token.Format(res.CAHash, "server", passwords[0])
-	res.AgentToken = token.Format(res.CAHash, "node", passwords[1])
+	res.ServerToken = token.Format(res.CAHash, "server", serverPassword)
+	res.AgentToken = token.Format(res.CAHash, "node", agentPassword)
 
-	if datadir.Exists(dir) {
-		fmt.Fprintf(out, "Replacing the earlier %s\n", dir)
-		if err := os.RemoveAll(dir); err != nil {
-			return nil, fmt.Errorf("remove the earlier %s: %w", dir, err)
-		}
-		res.Replaced = true
-	}
-	if err := datadir.WriteGroup(files); err != nil {
+	if res.Replaced, err = removeEarlier(x.dir, out); err != nil {
 		return nil, err
 	}
-	for _, f := range files {
+	if err := datadir.WriteGroup(x.files); err != nil {
+		return nil, err
+	}
+	for _, f := range x.files {
 		res.Files = append(res.Files, f.Path)
 	}
+	printCrossSigned(out, res)
+	return res, nil
+}
 
+// crossSigning is the state of one CrossSignCA call: the files computed so far.
+type crossSigning struct {
+	layout datadir.Layout
+	dir    string
+	now    time.Time
+	iss    *pki.Issuer
+	out    io.Writer
+	files  []datadir.File
+}
+
+// staged is the path of name in the staged tls dir.
+func (x *crossSigning) staged(name string) string { return filepath.Join(x.dir, "tls", name) }
+
+// add queues a file of the staged tls dir for writing.
+func (x *crossSigning) add(name string, data []byte) {
+	x.files = append(x.files, datadir.File{Path: x.staged(name), Data: data, Mode: fileMode})
+}
+
+// tokenPasswords returns the passwords of the server and agent token files of l.
+func tokenPasswords(l datadir.Layout) (server, agent string, err error) {
+	var passwords [2]string
+	for i, f := range []string{l.TokenFile(), l.AgentTokenFile()} {
+		data, err := readRequired(f, "token file")
+		if err != nil {
+			return "", "", fmt.Errorf("%w (is %s a kpki server data dir?)", err, l.Root)
+		}
+		t, err := token.Parse(string(data))
+		if err != nil {
+			return "", "", fmt.Errorf("%s: %w", f, err)
+		}
+		passwords[i] = t.Password
+	}
+	return passwords[0], passwords[1], nil
+}
+
+// readCurrentCA reads the current files of c and returns their certificates and the
+// root that signs c's replacement (currentRoot).
+func (x *crossSigning) readCurrentCA(c certs.CASpec) ([]*x509.Certificate, *pki.CA, error) {
+	crtPath, keyPath := x.layout.TLS(c.CertFile), x.layout.TLS(c.KeyFile)
+	crtPEM, err := readRequired(crtPath, "current CA certificate")
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w; cannot continue", err)
+	}
+	keyPEM, err := readRequired(keyPath, "current CA key")
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w; cannot continue", err)
+	}
+	return currentRoot(crtPath, crtPEM, keyPath, keyPEM)
+}
+
+// crossSign makes c's new root, its copy cross-signed by the current root and the new
+// CA under the new root, checks the bundle, queues c's files and returns the bundle.
+func (x *crossSigning) crossSign(c certs.CASpec) ([]byte, error) {
+	crtPath := x.layout.TLS(c.CertFile)
+	old, cur, err := x.readCurrentCA(c)
+	if err != nil {
+		return nil, err
+	}
+	stamp := freeStamp(x.now, old, rootName(c), c.CNPrefix)
+	expired := x.now.After(cur.Cert.NotAfter)
+	if expired {
+		fmt.Fprintf(x.out, "Warning: the current %s root %q expired on %s: the cross-signature gives no continuity, and rotate-ca will need --force\n",
+			c.ID, cur.Cert.Subject.String(), cur.Cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(x.out, "Generating %s root and cross-signed certificate authority key and certificates\n", rootName(c))
+	root, crossSigned, err := x.newRoot(c, cur, stamp)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(x.out, "Generating %s intermediate certificate authority key and certificate\n", c.CNPrefix)
+	caKey, err := c.Key.NewKey(x.iss)
+	if err != nil {
+		return nil, fmt.Errorf("generate %s key: %w", c.ID, err)
+	}
+	ca, err := x.iss.SignCA(root, caKey.Public(), c.CommonName(stamp), c.Validity)
+	if err != nil {
+		return nil, err
+	}
+	bundle := []*x509.Certificate{ca, root.Cert, crossSigned, cur.Cert}
+	if err := checkCrossChain(bundle, cur.Cert, !expired, x.now); err != nil {
+		return nil, fmt.Errorf("%s: the new CA does not verify against the current CA %s: %w", x.staged(c.CertFile), crtPath, err)
+	}
+	bundlePEM := pki.EncodeCerts(bundle...)
+	keys, err := keyPEMs(caKey, root.Key)
+	if err != nil {
+		return nil, err
+	}
+	x.add(c.CertFile, bundlePEM)
+	x.add(c.KeyFile, keys)
+	return bundlePEM, nil
+}
+
+// newRoot makes c's new self-signed root, named at stamp, and its copy cross-signed by
+// the current root cur.
+func (x *crossSigning) newRoot(c certs.CASpec, cur *pki.CA, stamp time.Time) (*pki.CA, *x509.Certificate, error) {
+	rootKey, err := x.iss.NewECKey()
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate %s root key: %w", c.ID, err)
+	}
+	selfSigned, err := x.iss.SelfSignedCA(rootKey, cn(rootName(c), stamp), RootValidity)
+	if err != nil {
+		return nil, nil, err
+	}
+	crossSigned, err := x.iss.CrossSign(cur, selfSigned, RootValidity)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cross-sign the new %s root with the current root of %s: %w", c.ID, x.layout.TLS(c.CertFile), err)
+	}
+	return &pki.CA{Cert: selfSigned, Key: rootKey}, crossSigned, nil
+}
+
+// removeEarlier removes an earlier staging dir and reports whether there was one.
+func removeEarlier(dir string, out io.Writer) (bool, error) {
+	if !datadir.Exists(dir) {
+		return false, nil
+	}
+	fmt.Fprintf(out, "Replacing the earlier %s\n", dir)
+	if err := os.RemoveAll(dir); err != nil {
+		return false, fmt.Errorf("remove the earlier %s: %w", dir, err)
+	}
+	return true, nil
+}
+
+// printCrossSigned prints the closing message of CrossSignCA.
+func printCrossSigned(out io.Writer, res *CrossSignResult) {
 	fmt.Fprintln(out)
-	fmt.Fprintf(out, "Cross-signed CA certs and keys now available in %s\n", dir)
+	fmt.Fprintf(out, "Cross-signed CA certs and keys now available in %s\n", res.Dir)
 	fmt.Fprintf(out, "Updated server token:    %s\n", res.ServerToken)
 	fmt.Fprintf(out, "Updated agent token:     %s\n", res.AgentToken)
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "To update certificates, you may now run:")
-	fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s\n", absPath(dir))
-	return res, nil
+	fmt.Fprintf(out, "    kpki certificate rotate-ca --path=%s\n", absPath(res.Dir))
 }
 
 // currentRoot returns the certificates of a CA's current file and the root that signs

@@ -290,7 +290,7 @@ func selfSignedDataDir(t *testing.T) string {
 			t.Fatal(err)
 		}
 		// Named as when the cluster started, a while ago.
-		cert, err := iss.SelfSignedCA(key, c.CNPrefix+"@"+strconv.FormatInt(now.Add(-time.Hour).Unix(), 10), CAValidity)
+		cert, err := iss.SelfSignedCA(key, c.CNPrefix+"@"+strconv.FormatInt(now.Add(-time.Hour).Unix(), 10), certs.CAValidity)
 		if err != nil {
 			t.Fatal(err)
 		}

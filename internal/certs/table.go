@@ -1,17 +1,22 @@
-// Package certs holds THE table of every certificate a kpki cluster needs — CAs and
-// leaves, with service name, files, signer, subject, SANs and usages — and the planner
-// that compares one table row with what exists and decides whether to keep, renew or
-// issue it. Start-up issuance, renewal, `certificate rotate --service`, `certificate
-// check` and metrics all read this table; adding a certificate is adding one row.
-// The package does no I/O.
+// Package certs holds THE tables of a kpki cluster's PKI: every CA (files, bootstrap
+// record fields, generator settings, its role in rotate-ca, etcd and agents), every
+// leaf (service name, files, signer, subject, SANs and usages) and every kubeconfig
+// (file, client leaf, CA), and the planner that compares one leaf row with what exists
+// and decides whether to keep, renew or issue it. Start-up issuance, renewal, the
+// bootstrap record, the CA generators, rotate-ca, agents, `certificate rotate
+// --service`, `certificate check` and metrics all read these tables; adding a CA, a
+// certificate or a kubeconfig is adding one row. The package does no I/O.
 package certs
 
 import (
+	"crypto"
 	"crypto/x509"
 	"fmt"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/kpki/kpki/internal/pki"
 )
@@ -28,24 +33,71 @@ const (
 	ETCDPeerCA      CAID = "etcd/peer-ca"
 )
 
-// CASpec describes one CA's files (relative to the server tls dir).
+// KeyType names the kind of key a generated CA gets.
+type KeyType string
+
+// Key types.
+const (
+	// KeyEC is an ECDSA key on the P-256 curve.
+	KeyEC KeyType = "EC"
+)
+
+// NewKey makes a key of type k with iss.
+func (k KeyType) NewKey(iss *pki.Issuer) (crypto.Signer, error) {
+	switch k {
+	case KeyEC:
+		return iss.NewECKey()
+	}
+	return nil, fmt.Errorf("unknown key type %q", string(k))
+}
+
+// CAValidity is the lifetime of a generated cluster CA: 3650 days.
+const CAValidity = 3650 * 24 * time.Hour
+
+// CASpec is one row of the CA table: everything the packages that create, store,
+// rotate, distribute and check a CA need to know of it.
 type CASpec struct {
-	ID       CAID
+	ID CAID
+	// CertFile and KeyFile are the CA's files, relative to the server tls dir. An agent
+	// keeps its copy of CertFile under the same name in its own dir.
 	CertFile string
 	KeyFile  string
-	// CommonName prefix of a generated self-signed CA; "@<unix seconds>" follows.
+	// CertField and KeyField are the bootstrap record fields (SPEC §6) that hold
+	// CertFile and KeyFile.
+	CertField string
+	KeyField  string
+
+	// CNPrefix is the common-name prefix of a generated CA; "@<unix seconds>" follows
+	// (CommonName).
 	CNPrefix string
+	// Key is the type of key a generated CA gets.
+	Key KeyType
+	// Validity is the lifetime of a CA made by generate-ca or cross-sign-ca (a server
+	// generating its self-signed CAs takes --ca-validity-days).
+	Validity time.Duration
+
 	// NoChainFile, when set, gets a copy of the first certificate of CertFile.
 	NoChainFile string
+	// Rotate marks the CAs whose files `certificate rotate-ca` accepts and checks.
+	Rotate bool
+	// Etcd marks the CAs of the embedded etcd: a change of one restarts the member.
+	Etcd bool
+	// Agent marks the CAs an agent keeps a copy of: those that sign agent leaves.
+	Agent bool
 }
 
 // CAs is every cluster CA, in the order they are created and reported.
 var CAs = []CASpec{
-	{ID: ServerCA, CertFile: "server-ca.crt", KeyFile: "server-ca.key", CNPrefix: "kpki-server-ca", NoChainFile: "server-ca.nochain.crt"},
-	{ID: ClientCA, CertFile: "client-ca.crt", KeyFile: "client-ca.key", CNPrefix: "kpki-client-ca", NoChainFile: "client-ca.nochain.crt"},
-	{ID: RequestHeaderCA, CertFile: "request-header-ca.crt", KeyFile: "request-header-ca.key", CNPrefix: "kpki-request-header-ca"},
-	{ID: ETCDServerCA, CertFile: "etcd/server-ca.crt", KeyFile: "etcd/server-ca.key", CNPrefix: "kpki-etcd-server-ca"},
-	{ID: ETCDPeerCA, CertFile: "etcd/peer-ca.crt", KeyFile: "etcd/peer-ca.key", CNPrefix: "kpki-etcd-peer-ca"},
+	{ID: ServerCA, CertFile: "server-ca.crt", KeyFile: "server-ca.key", CertField: "ServerCA", KeyField: "ServerCAKey",
+		CNPrefix: "kpki-server-ca", Key: KeyEC, Validity: CAValidity, NoChainFile: "server-ca.nochain.crt", Rotate: true, Agent: true},
+	{ID: ClientCA, CertFile: "client-ca.crt", KeyFile: "client-ca.key", CertField: "ClientCA", KeyField: "ClientCAKey",
+		CNPrefix: "kpki-client-ca", Key: KeyEC, Validity: CAValidity, NoChainFile: "client-ca.nochain.crt", Rotate: true, Agent: true},
+	{ID: RequestHeaderCA, CertFile: "request-header-ca.crt", KeyFile: "request-header-ca.key", CertField: "RequestHeaderCA", KeyField: "RequestHeaderCAKey",
+		CNPrefix: "kpki-request-header-ca", Key: KeyEC, Validity: CAValidity, Rotate: true},
+	{ID: ETCDServerCA, CertFile: "etcd/server-ca.crt", KeyFile: "etcd/server-ca.key", CertField: "ETCDServerCA", KeyField: "ETCDServerCAKey",
+		CNPrefix: "kpki-etcd-server-ca", Key: KeyEC, Validity: CAValidity, Rotate: true, Etcd: true},
+	{ID: ETCDPeerCA, CertFile: "etcd/peer-ca.crt", KeyFile: "etcd/peer-ca.key", CertField: "ETCDPeerCA", KeyField: "ETCDPeerCAKey",
+		CNPrefix: "kpki-etcd-peer-ca", Key: KeyEC, Validity: CAValidity, Rotate: true, Etcd: true},
 }
 
 // CA returns the spec of id.
@@ -58,17 +110,19 @@ func CA(id CAID) CASpec {
 	panic(fmt.Sprintf("unknown CA %q", id))
 }
 
+// StampedName returns "<name>@<unix seconds of at>", the common-name form of every
+// CA kpki generates.
+func StampedName(name string, at time.Time) string {
+	return name + "@" + strconv.FormatInt(at.Unix(), 10)
+}
+
+// CommonName is the common name of the CA generated at time at.
+func (c CASpec) CommonName(at time.Time) string { return StampedName(c.CNPrefix, at) }
+
 // NodeCAFiles lists the CA certificate files a node of kind n keeps, relative to its tls
 // dir, in table order: on a server every CA's file and its nochain copy; on an agent
-// the copies, under the same names, of the CAs that sign agent leaves (the server CA
-// and the client CA).
+// the copies, under the same names, of the CAs marked Agent.
 func NodeCAFiles(n Node) []string {
-	signs := map[CAID]bool{}
-	for _, l := range Leaves {
-		if l.Node == n {
-			signs[l.Signer] = true
-		}
-	}
 	var out []string
 	for _, c := range CAs {
 		if n == ServerNode {
@@ -76,17 +130,56 @@ func NodeCAFiles(n Node) []string {
 			if c.NoChainFile != "" {
 				out = append(out, c.NoChainFile)
 			}
-		} else if signs[c.ID] {
+		} else if c.Agent {
 			out = append(out, c.CertFile)
 		}
 	}
 	return out
 }
 
-// ServiceKeyFile and ServiceCurrentKeyFile are the service-account key files.
+// Kubeconfig is one row of the kubeconfig table: a file a node writes that points at
+// the local kube-apiserver and authenticates with one of the node's client leaves.
+type Kubeconfig struct {
+	Node Node
+	// File is the file name, in <dd>/server/cred on a server and <dd>/agent on an agent.
+	File string
+	// Leaf is the Name of the client leaf (of the same Node) it uses.
+	Leaf string
+	// CA is the CA whose certificate file (on an agent, its copy) it trusts.
+	CA CAID
+}
+
+// Kubeconfigs is the kubeconfig table.
+var Kubeconfigs = []Kubeconfig{
+	{Node: ServerNode, File: "admin.kubeconfig", Leaf: "client-admin", CA: ServerCA},
+	{Node: ServerNode, File: "supervisor.kubeconfig", Leaf: "client-supervisor", CA: ServerCA},
+	{Node: ServerNode, File: "controller.kubeconfig", Leaf: "client-controller", CA: ServerCA},
+	{Node: ServerNode, File: "scheduler.kubeconfig", Leaf: "client-scheduler", CA: ServerCA},
+	{Node: ServerNode, File: "api-server.kubeconfig", Leaf: "client-kube-apiserver", CA: ServerCA},
+	{Node: ServerNode, File: "cloud-controller.kubeconfig", Leaf: "client-kpki-cloud-controller", CA: ServerCA},
+
+	{Node: AgentNode, File: "kubelet.kubeconfig", Leaf: "client-kubelet", CA: ServerCA},
+	{Node: AgentNode, File: "kubeproxy.kubeconfig", Leaf: "client-kube-proxy", CA: ServerCA},
+	{Node: AgentNode, File: "kpkicontroller.kubeconfig", Leaf: "client-kpki-controller", CA: ServerCA},
+}
+
+// NodeKubeconfigs returns the kubeconfigs a node of kind n writes, in table order.
+func NodeKubeconfigs(n Node) []Kubeconfig {
+	var out []Kubeconfig
+	for _, k := range Kubeconfigs {
+		if k.Node == n {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// ServiceKeyFile and ServiceCurrentKeyFile are the service-account key files;
+// ServiceKeyField is the bootstrap record field that holds ServiceKeyFile.
 const (
 	ServiceKeyFile        = "service.key"
 	ServiceCurrentKeyFile = "service.current.key"
+	ServiceKeyField       = "ServiceKey"
 )
 
 // Node says which kind of node holds a leaf.

@@ -1,12 +1,18 @@
 package certs
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/x509"
 	"net"
 	"slices"
 	"sort"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/pki"
 )
 
 var (
@@ -181,15 +187,17 @@ func sortedUsages(u []x509.ExtKeyUsage) []x509.ExtKeyUsage {
 
 func TestCAsMatchSpec(t *testing.T) {
 	tests := []struct {
-		id                CAID
-		crt, key, nochain string
-		cnPrefix          string
+		id                    CAID
+		crt, key, nochain     string
+		certField, keyField   string
+		cnPrefix              string
+		rotate, etcd, onAgent bool
 	}{
-		{ServerCA, "server-ca.crt", "server-ca.key", "server-ca.nochain.crt", "kpki-server-ca"},
-		{ClientCA, "client-ca.crt", "client-ca.key", "client-ca.nochain.crt", "kpki-client-ca"},
-		{RequestHeaderCA, "request-header-ca.crt", "request-header-ca.key", "", "kpki-request-header-ca"},
-		{ETCDServerCA, "etcd/server-ca.crt", "etcd/server-ca.key", "", "kpki-etcd-server-ca"},
-		{ETCDPeerCA, "etcd/peer-ca.crt", "etcd/peer-ca.key", "", "kpki-etcd-peer-ca"},
+		{ServerCA, "server-ca.crt", "server-ca.key", "server-ca.nochain.crt", "ServerCA", "ServerCAKey", "kpki-server-ca", true, false, true},
+		{ClientCA, "client-ca.crt", "client-ca.key", "client-ca.nochain.crt", "ClientCA", "ClientCAKey", "kpki-client-ca", true, false, true},
+		{RequestHeaderCA, "request-header-ca.crt", "request-header-ca.key", "", "RequestHeaderCA", "RequestHeaderCAKey", "kpki-request-header-ca", true, false, false},
+		{ETCDServerCA, "etcd/server-ca.crt", "etcd/server-ca.key", "", "ETCDServerCA", "ETCDServerCAKey", "kpki-etcd-server-ca", true, true, false},
+		{ETCDPeerCA, "etcd/peer-ca.crt", "etcd/peer-ca.key", "", "ETCDPeerCA", "ETCDPeerCAKey", "kpki-etcd-peer-ca", true, true, false},
 	}
 	if len(CAs) != len(tests) {
 		t.Fatalf("%d CAs, want %d", len(CAs), len(tests))
@@ -202,9 +210,81 @@ func TestCAsMatchSpec(t *testing.T) {
 		if c.ID != tc.id || c.CertFile != tc.crt || c.KeyFile != tc.key || c.NoChainFile != tc.nochain || c.CNPrefix != tc.cnPrefix {
 			t.Errorf("CA(%q) = %+v, want files %q %q nochain %q CN prefix %q", tc.id, c, tc.crt, tc.key, tc.nochain, tc.cnPrefix)
 		}
+		if c.CertField != tc.certField || c.KeyField != tc.keyField {
+			t.Errorf("CA(%q): record fields %q %q, want %q %q", tc.id, c.CertField, c.KeyField, tc.certField, tc.keyField)
+		}
+		if c.Rotate != tc.rotate || c.Etcd != tc.etcd || c.Agent != tc.onAgent {
+			t.Errorf("CA(%q): rotate %v etcd %v agent %v, want %v %v %v", tc.id, c.Rotate, c.Etcd, c.Agent, tc.rotate, tc.etcd, tc.onAgent)
+		}
+		// SPEC: generated CAs are P-256, valid 3650 days.
+		if c.Key != KeyEC || c.Validity != 3650*24*time.Hour {
+			t.Errorf("CA(%q): key %q validity %v, want EC for 3650 days", tc.id, c.Key, c.Validity)
+		}
 	}
-	if ServiceKeyFile != "service.key" || ServiceCurrentKeyFile != "service.current.key" {
-		t.Errorf("service key files %q %q", ServiceKeyFile, ServiceCurrentKeyFile)
+	if ServiceKeyFile != "service.key" || ServiceCurrentKeyFile != "service.current.key" || ServiceKeyField != "ServiceKey" {
+		t.Errorf("service key files %q %q field %q", ServiceKeyFile, ServiceCurrentKeyFile, ServiceKeyField)
+	}
+}
+
+func TestKubeconfigsMatchSpec(t *testing.T) {
+	type row struct {
+		node       Node
+		file, leaf string
+	}
+	want := []row{
+		{ServerNode, "admin.kubeconfig", "client-admin"},
+		{ServerNode, "supervisor.kubeconfig", "client-supervisor"},
+		{ServerNode, "controller.kubeconfig", "client-controller"},
+		{ServerNode, "scheduler.kubeconfig", "client-scheduler"},
+		{ServerNode, "api-server.kubeconfig", "client-kube-apiserver"},
+		{ServerNode, "cloud-controller.kubeconfig", "client-kpki-cloud-controller"},
+		{AgentNode, "kubelet.kubeconfig", "client-kubelet"},
+		{AgentNode, "kubeproxy.kubeconfig", "client-kube-proxy"},
+		{AgentNode, "kpkicontroller.kubeconfig", "client-kpki-controller"},
+	}
+	var got []row
+	for _, k := range Kubeconfigs {
+		got = append(got, row{k.Node, k.File, k.Leaf})
+		if k.CA != ServerCA {
+			t.Errorf("%s trusts %s, want the server CA", k.File, k.CA)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("kubeconfigs %v, want %v", got, want)
+	}
+	var agent []string
+	for _, k := range NodeKubeconfigs(AgentNode) {
+		agent = append(agent, k.File)
+	}
+	if w := []string{"kubelet.kubeconfig", "kubeproxy.kubeconfig", "kpkicontroller.kubeconfig"}; !slices.Equal(agent, w) {
+		t.Errorf("NodeKubeconfigs(AgentNode) = %q, want %q", agent, w)
+	}
+	if n := len(NodeKubeconfigs(ServerNode)); n != 6 {
+		t.Errorf("NodeKubeconfigs(ServerNode) has %d rows, want 6", n)
+	}
+}
+
+func TestCommonName(t *testing.T) {
+	at := time.Date(2026, 1, 15, 10, 20, 30, 999, time.UTC)
+	if got, want := CA(ETCDPeerCA).CommonName(at), "kpki-etcd-peer-ca@1768472430"; got != want {
+		t.Errorf("CommonName = %q, want %q", got, want)
+	}
+	if got := StampedName("x", time.Unix(0, 0)); got != "x@0" {
+		t.Errorf("StampedName at the epoch = %q", got)
+	}
+}
+
+func TestKeyTypeNewKey(t *testing.T) {
+	iss := pki.NewIssuer(clock.NewFake(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)), nil)
+	k, err := KeyEC.NewKey(iss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ec, ok := k.(*ecdsa.PrivateKey); !ok || ec.Curve != elliptic.P256() {
+		t.Errorf("KeyEC made %T, want a P-256 ECDSA key", k)
+	}
+	if k, err := KeyType("DSA").NewKey(iss); err == nil || k != nil || !strings.Contains(err.Error(), `"DSA"`) {
+		t.Errorf("unknown key type: %v, %v; want an error naming it", k, err)
 	}
 }
 
@@ -214,7 +294,7 @@ func TestNodeCAFiles(t *testing.T) {
 	if got := NodeCAFiles(ServerNode); !slices.Equal(got, server) {
 		t.Errorf("server CA files %q, want %q", got, server)
 	}
-	// The agent writes server-ca.crt and client-ca.crt (agent.ServerCAFile, ClientCAFile).
+	// The agent writes server-ca.crt and client-ca.crt.
 	if got, want := NodeCAFiles(AgentNode), []string{"server-ca.crt", "client-ca.crt"}; !slices.Equal(got, want) {
 		t.Errorf("agent CA files %q, want %q", got, want)
 	}

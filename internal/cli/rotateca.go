@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kpki/kpki/internal/api"
+	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/rotation"
 )
@@ -22,14 +23,16 @@ import (
 func newRotateCACmd() *cobra.Command {
 	var dataDir, path, server string
 	var force, dryRun bool
+	first, last := certs.CAs[0], certs.CAs[len(certs.CAs)-1]
 	cmd := &cobra.Command{
 		Use:   "rotate-ca --path DIR",
 		Short: "Load new CA certificates and keys (staged in DIR laid out as a server dir) into the datastore",
-		Long: `Reads DIR/tls/server-ca.crt, DIR/tls/server-ca.key, …, DIR/tls/etcd/peer-ca.key and
-DIR/tls/service.key (files that are missing keep their current value; each must be a regular
+		Long: fmt.Sprintf(`Reads DIR/%s, DIR/%s, …, DIR/%s and
+DIR/%s (files that are missing keep their current value; each must be a regular
 file, or a symlink to one, of at most 1 MiB), sends them to the running kpki server, which
 checks them all and, if every check passes, saves them to the datastore. Restart kpki on all
-nodes afterwards, servers first, then agents.`,
+nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertField), rotation.StagedPath(first.KeyField),
+			rotation.StagedPath(last.KeyField), rotation.StagedPath(rotation.ServiceKey)),
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -70,7 +73,8 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 		return err
 	}
 	if len(staged) == 0 {
-		return fmt.Errorf("no CA files found under %s (expected %s/tls/server-ca.crt, …, %s/tls/service.key)", dir, dir, dir)
+		fields := rotation.Fields()
+		return fmt.Errorf("no CA files found under %s (expected %s/%s, …, %s/%s)", dir, dir, rotation.StagedPath(fields[0]), dir, rotation.StagedPath(fields[len(fields)-1]))
 	}
 	for _, f := range rotation.Fields() {
 		if _, ok := staged[f]; !ok {

@@ -9,36 +9,57 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/kpki/kpki/internal/bootstrap"
+	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/pki"
 )
 
 // pair is a CA's certificate and key fields in the bootstrap record.
 type pair struct{ cert, key string }
 
-var caPairs = []pair{
-	{"ServerCA", "ServerCAKey"},
-	{"ClientCA", "ClientCAKey"},
-	{"RequestHeaderCA", "RequestHeaderCAKey"},
-	{"ETCDServerCA", "ETCDServerCAKey"},
-	{"ETCDPeerCA", "ETCDPeerCAKey"},
+// caPairs are the CAs rotate-ca checks (those marked Rotate in certs.CAs), in table
+// order.
+var caPairs = rotatedPairs()
+
+func rotatedPairs() []pair {
+	var out []pair
+	for _, c := range certs.CAs {
+		if c.Rotate {
+			out = append(out, pair{c.CertField, c.KeyField})
+		}
+	}
+	return out
 }
 
 // ServiceKey is the record field of the service-account keys.
-const ServiceKey = "ServiceKey"
+const ServiceKey = certs.ServiceKeyField
+
+// tokenCA is the record field of the CA whose hash join tokens pin.
+var tokenCA = certs.CA(certs.ServerCA).CertField
+
+// accepted reports whether rotate-ca takes field: a certificate or key of a CA it
+// checks, or the service-account keys.
+func accepted(field string) bool {
+	return field == ServiceKey || slices.ContainsFunc(caPairs, func(p pair) bool { return field == p.cert || field == p.key })
+}
 
 // StagedPath is where a field's file lives in a staging dir laid out as a server dir
-// (tls/server-ca.crt, tls/etcd/peer-ca.key, tls/service.key, ...); "" for fields that
-// rotate-ca does not take.
+// (tls/ followed by the file's name in the server tls dir, as in certs.CAs); "" for
+// fields that rotate-ca does not take.
 func StagedPath(field string) string {
+	if !accepted(field) {
+		return ""
+	}
 	for _, f := range bootstrap.Files {
-		if f.Field == field && strings.HasPrefix(f.Path, "server/tls/") {
-			return strings.TrimPrefix(f.Path, "server/")
+		if rest, ok := strings.CutPrefix(f.Path, bootstrap.TLSDir+"/"); ok && f.Field == field {
+			return path.Join("tls", rest)
 		}
 	}
 	return ""
@@ -91,139 +112,223 @@ func (r *Result) OK() bool { return len(r.Errors) == 0 }
 // Validate checks the staged files against the current record at time now. Every
 // changed CA must pass what the server checks of a CA file at start (pki.CAProblems:
 // parsing, key/certificate agreement, CA:TRUE with keyCertSign, validity, the chain
-// within the file), and no two of the five CAs of the resulting record may share a key.
+// within the file), and no two of the CAs of the resulting record may share a key.
 // With force, only the continuity checks are skipped: a changed CA must chain to the CA
 // it replaces (so it must hold its chain), and a new service.key must keep the current
 // signing key.
 func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time, force bool) *Result {
-	r := &Result{}
-	fail := func(field, format string, a ...any) {
-		r.Errors = append(r.Errors, StagedPath(field)+": "+fmt.Sprintf(format, a...))
-	}
-	for field := range staged {
-		if StagedPath(field) == "" {
-			r.Errors = append(r.Errors, fmt.Sprintf("%s: not a file rotate-ca accepts", field))
-		}
-	}
-	cur := func(field string) []byte {
-		f, _ := current.Get(field)
-		return f.Content
-	}
-	changed := func(field string) bool {
-		b, ok := staged[field]
-		return ok && string(b) != string(cur(field))
-	}
-	for _, f := range Fields() {
-		if _, ok := staged[f]; ok && !changed(f) {
-			r.Unchanged = append(r.Unchanged, StagedPath(f))
-		}
-	}
-
-	// signing is the public half of each CA's signing key in the resulting record.
+	v := &validation{current: current, staged: staged, now: now, force: force, r: &Result{}}
+	v.r.Errors = unknownFields(staged)
+	v.r.Unchanged = v.unchanged()
 	signing := map[string]crypto.PublicKey{}
 	rotated := map[string]bool{}
 	for _, p := range caPairs {
-		if !changed(p.cert) && !changed(p.key) {
-			if k, err := pki.ParseKey(cur(p.key)); err == nil {
-				signing[p.key] = k.Public()
-			}
-			continue
-		}
-		rotated[p.key] = true
-		certPEM, keyPEM := cur(p.cert), cur(p.key)
-		if changed(p.cert) {
-			certPEM = staged[p.cert]
-		}
-		if changed(p.key) {
-			keyPEM = staged[p.key]
-		}
-		oldBundle, _ := pki.ParseCerts(cur(p.cert))
-		newBundle, err := pki.ParseCerts(certPEM)
-		if err != nil {
-			fail(p.cert, "%v", err)
-			continue
-		}
-		keys, err := pki.ParseKeys(keyPEM)
-		if err != nil {
-			fail(p.key, "%v", err)
-			continue
-		}
-		signing[p.key] = keys[0].Public()
-		ch := Change{Field: p.cert, File: StagedPath(p.cert), New: summarize(newBundle[0])}
-		if len(oldBundle) > 0 {
-			ch.Old = summarize(oldBundle[0])
-		}
-		r.Changes = append(r.Changes, ch)
-		if changed(p.key) {
-			r.Changes = append(r.Changes, Change{Field: p.key, File: StagedPath(p.key), KeyCount: len(keys)})
-		}
-		ca := &pki.CA{Cert: newBundle[0], Key: keys[0], Bundle: newBundle, BundlePEM: certPEM}
-		for _, prob := range pki.CAProblems(ca, now) {
-			if prob.Key {
-				fail(p.key, "the first key does not match the first certificate of %s", StagedPath(p.cert))
-			} else {
-				fail(p.cert, "%v", prob.Err)
-			}
-		}
-		if force || !changed(p.cert) {
-			continue
-		}
-		if len(newBundle) == 1 {
-			fail(p.cert, "the new CA file holds a single certificate; it must include its intermediate and root certificates")
-			continue
-		}
-		if err := pki.ChainsTo(newBundle, oldBundle, now); err != nil {
-			fail(p.cert, "the new CA does not chain to the current CA (%v); a new root needs a certificate cross-signed by the current one, or --force (disruptive)", err)
+		signing[p.key], rotated[p.key] = v.checkCA(p)
+	}
+	for _, c := range sharedKeys(caPairs, signing, rotated) {
+		v.fail(c.named.key, "the same key as %s: every CA must have a key of its own", StagedPath(c.other.key))
+	}
+	v.checkServiceKey()
+	v.tokenHashes()
+	if len(v.r.Changes) == 0 && len(v.r.Errors) == 0 {
+		v.r.Errors = append(v.r.Errors, "nothing to rotate: every staged file is identical to the current one")
+	}
+	return v.r
+}
+
+// validation is the state of one Validate call.
+type validation struct {
+	current *bootstrap.Record
+	staged  map[string][]byte
+	now     time.Time
+	force   bool
+	r       *Result
+}
+
+// fail records a failed check of field's staged file.
+func (v *validation) fail(field, format string, a ...any) {
+	v.r.Errors = append(v.r.Errors, StagedPath(field)+": "+fmt.Sprintf(format, a...))
+}
+
+// cur returns field's content in the current record.
+func (v *validation) cur(field string) []byte {
+	f, _ := v.current.Get(field)
+	return f.Content
+}
+
+// changed reports whether field is staged with a content other than the current one.
+func (v *validation) changed(field string) bool {
+	b, ok := v.staged[field]
+	return ok && string(b) != string(v.cur(field))
+}
+
+// next returns field's content in the resulting record.
+func (v *validation) next(field string) []byte {
+	if v.changed(field) {
+		return v.staged[field]
+	}
+	return v.cur(field)
+}
+
+// unknownFields lists, sorted, an error for each staged field rotate-ca does not take.
+func unknownFields(staged map[string][]byte) []string {
+	var out []string
+	for field := range staged {
+		if StagedPath(field) == "" {
+			out = append(out, fmt.Sprintf("%s: not a file rotate-ca accepts", field))
 		}
 	}
-	for i, a := range caPairs {
-		for _, b := range caPairs[i+1:] {
+	slices.Sort(out)
+	return out
+}
+
+// unchanged lists the staged paths of the staged files identical to the current ones.
+func (v *validation) unchanged() []string {
+	var out []string
+	for _, f := range Fields() {
+		if _, ok := v.staged[f]; ok && !v.changed(f) {
+			out = append(out, StagedPath(f))
+		}
+	}
+	return out
+}
+
+// checkCA checks the CA p of the resulting record when either of its files changes,
+// records its changes, and returns the public half of its signing key (nil when that
+// cannot be told) and whether it changes.
+func (v *validation) checkCA(p pair) (crypto.PublicKey, bool) {
+	if !v.changed(p.cert) && !v.changed(p.key) {
+		k, err := pki.ParseKey(v.cur(p.key))
+		if err != nil {
+			return nil, false
+		}
+		return k.Public(), false
+	}
+	certPEM := v.next(p.cert)
+	oldBundle, _ := pki.ParseCerts(v.cur(p.cert))
+	newBundle, err := pki.ParseCerts(certPEM)
+	if err != nil {
+		v.fail(p.cert, "%v", err)
+		return nil, true
+	}
+	keys, err := pki.ParseKeys(v.next(p.key))
+	if err != nil {
+		v.fail(p.key, "%v", err)
+		return nil, true
+	}
+	ch := Change{Field: p.cert, File: StagedPath(p.cert), New: summarize(newBundle[0])}
+	if len(oldBundle) > 0 {
+		ch.Old = summarize(oldBundle[0])
+	}
+	v.r.Changes = append(v.r.Changes, ch)
+	if v.changed(p.key) {
+		v.r.Changes = append(v.r.Changes, Change{Field: p.key, File: StagedPath(p.key), KeyCount: len(keys)})
+	}
+	ca := &pki.CA{Cert: newBundle[0], Key: keys[0], Bundle: newBundle, BundlePEM: certPEM}
+	for _, prob := range pki.CAProblems(ca, v.now) {
+		if prob.Key {
+			v.fail(p.key, "the first key does not match the first certificate of %s", StagedPath(p.cert))
+		} else {
+			v.fail(p.cert, "%v", prob.Err)
+		}
+	}
+	if !v.force && v.changed(p.cert) {
+		if err := continuity(newBundle, oldBundle, v.now); err != nil {
+			v.fail(p.cert, "%v", err)
+		}
+	}
+	return keys[0].Public(), true
+}
+
+// errSingleCertificate is continuity's answer for a new CA file without its chain.
+var errSingleCertificate = errors.New("the new CA file holds a single certificate; it must include its intermediate and root certificates")
+
+// breakError is continuity's answer for a new CA that does not chain to the current one.
+type breakError struct{ Err error }
+
+func (e *breakError) Error() string {
+	return fmt.Sprintf("the new CA does not chain to the current CA (%v); a new root needs a certificate cross-signed by the current one, or --force (disruptive)", e.Err)
+}
+
+func (e *breakError) Unwrap() error { return e.Err }
+
+// continuity checks that the new CA bundle holds its chain and chains, at now, to the
+// current bundle: errSingleCertificate or a *breakError when it does not.
+func continuity(newBundle, oldBundle []*x509.Certificate, now time.Time) error {
+	if len(newBundle) == 1 {
+		return errSingleCertificate
+	}
+	if err := pki.ChainsTo(newBundle, oldBundle, now); err != nil {
+		return &breakError{Err: err}
+	}
+	return nil
+}
+
+// clash is two CAs of the resulting record with the same signing key; named is the one
+// the error is reported on (a rotated one).
+type clash struct{ named, other pair }
+
+// sharedKeys returns every pair of CAs, at least one of them rotated, whose signing
+// keys (signing, by key field) are the same; CAs whose key is unknown are skipped.
+func sharedKeys(pairs []pair, signing map[string]crypto.PublicKey, rotated map[string]bool) []clash {
+	var out []clash
+	for i, a := range pairs {
+		for _, b := range pairs[i+1:] {
 			ka, kb := signing[a.key], signing[b.key]
 			if ka == nil || kb == nil || !(rotated[a.key] || rotated[b.key]) || !pki.PublicKeysEqual(ka, kb) {
 				continue
 			}
-			named, other := b, a
-			if !rotated[b.key] {
-				named, other = a, b
-			}
-			fail(named.key, "the same key as %s: every CA must have a key of its own", StagedPath(other.key))
-		}
-	}
-
-	if changed(ServiceKey) {
-		keys, err := pki.ParseKeys(staged[ServiceKey])
-		if err != nil {
-			fail(ServiceKey, "%v", err)
-		} else {
-			r.Changes = append(r.Changes, Change{Field: ServiceKey, File: StagedPath(ServiceKey), KeyCount: len(keys)})
-			if old, err := pki.ParseKeys(cur(ServiceKey)); err == nil && !force {
-				found := false
-				for _, k := range keys {
-					if pki.PublicKeysEqual(k.Public(), old[0].Public()) {
-						found = true
-					}
-				}
-				if !found {
-					fail(ServiceKey, "the new file does not contain the current service-account signing key (the first key of the current service.key); append it so that existing tokens stay valid, or use --force")
-				}
+			if rotated[b.key] {
+				out = append(out, clash{named: b, other: a})
+			} else {
+				out = append(out, clash{named: a, other: b})
 			}
 		}
 	}
+	return out
+}
 
-	r.OldCAHash, _ = pki.CAHash(cur("ServerCA"))
-	r.NewCAHash = r.OldCAHash
-	if changed("ServerCA") {
-		if h, err := pki.CAHash(staged["ServerCA"]); err == nil {
-			r.NewCAHash = h
-		} else if r.OK() {
-			fail("ServerCA", "cannot compute the token CA hash: %v", err)
+// checkServiceKey checks a changed service.key: it parses and, unless forced, holds the
+// current signing key (the first key of the current file).
+func (v *validation) checkServiceKey() {
+	if !v.changed(ServiceKey) {
+		return
+	}
+	keys, err := pki.ParseKeys(v.staged[ServiceKey])
+	if err != nil {
+		v.fail(ServiceKey, "%v", err)
+		return
+	}
+	v.r.Changes = append(v.r.Changes, Change{Field: ServiceKey, File: StagedPath(ServiceKey), KeyCount: len(keys)})
+	if v.force {
+		return
+	}
+	old, err := pki.ParseKeys(v.cur(ServiceKey))
+	if err != nil {
+		return
+	}
+	if !holdsKey(keys, old[0].Public()) {
+		v.fail(ServiceKey, "the new file does not contain the current service-account signing key (the first key of the current service.key); append it so that existing tokens stay valid, or use --force")
+	}
+}
+
+// holdsKey reports whether one of keys has the public key pub.
+func holdsKey(keys []crypto.Signer, pub crypto.PublicKey) bool {
+	return slices.ContainsFunc(keys, func(k crypto.Signer) bool { return pki.PublicKeysEqual(k.Public(), pub) })
+}
+
+// tokenHashes sets the token CA hashes of the current and the resulting record.
+func (v *validation) tokenHashes() {
+	v.r.OldCAHash, _ = pki.CAHash(v.cur(tokenCA))
+	v.r.NewCAHash = v.r.OldCAHash
+	if v.changed(tokenCA) {
+		if h, err := pki.CAHash(v.staged[tokenCA]); err == nil {
+			v.r.NewCAHash = h
+		} else if v.r.OK() {
+			v.fail(tokenCA, "cannot compute the token CA hash: %v", err)
 		}
 	}
-	r.TokensChange = r.NewCAHash != r.OldCAHash
-	if len(r.Changes) == 0 && len(r.Errors) == 0 {
-		r.Errors = append(r.Errors, "nothing to rotate: every staged file is identical to the current one")
-	}
-	return r
+	v.r.TokensChange = v.r.NewCAHash != v.r.OldCAHash
 }
 
 // Apply returns a copy of current with the changed staged files set, each stamped with

@@ -197,7 +197,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	pf, ok := rec.Get("PasswdFile")
+	pf, ok := rec.Get(bootstrap.PasswdField)
 	if !ok {
 		s.sup.Error(w, r, http.StatusInternalServerError, errors.New("the bootstrap data in the datastore holds no PasswdFile, so the new token's passwd cannot be stored with it; nothing was changed: restart this server, which stores its cred/passwd there, and run token rotate again"))
 		return
@@ -217,7 +217,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 	now := s.clock.Now()
 	newPasswd := passwd.WithPassword(serverUser, newPW)
 	content := newPasswd.Bytes()
-	rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: content})
+	rec.Set(bootstrap.PasswdField, bootstrap.File{Timestamp: now.UTC(), Content: content})
 	plain, err := rec.Marshal()
 	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, err)

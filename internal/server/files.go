@@ -13,16 +13,6 @@ import (
 	"github.com/kpki/kpki/internal/token"
 )
 
-// kubeconfigs maps each cred/<name>.kubeconfig to the client certificate it uses.
-var kubeconfigs = []struct{ name, leaf string }{
-	{"admin", "client-admin"},
-	{"supervisor", "client-supervisor"},
-	{"controller", "client-controller"},
-	{"scheduler", "client-scheduler"},
-	{"api-server", "client-kube-apiserver"},
-	{"cloud-controller", "client-kpki-cloud-controller"},
-}
-
 func (s *Server) apiServerURL() string {
 	return "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.APIServerPort))
 }
@@ -38,20 +28,19 @@ func (s *Server) writeDerived() error {
 			return err
 		}
 	}
-	serverCA := s.layout.TLS(certs.CA(certs.ServerCA).CertFile)
-	for _, k := range kubeconfigs {
-		crt, key := s.leafPaths(certs.ServerNode, k.leaf)
-		data, err := kubeconfig.RenderFiles(kubeconfig.Files{Server: s.apiServerURL(), CAFile: serverCA, ClientCertFile: crt, ClientKeyFile: key})
+	for _, k := range certs.NodeKubeconfigs(certs.ServerNode) {
+		crt, key := s.leafPaths(certs.ServerNode, k.Leaf)
+		data, err := kubeconfig.RenderFiles(kubeconfig.Files{Server: s.apiServerURL(), CAFile: s.layout.TLS(certs.CA(k.CA).CertFile), ClientCertFile: crt, ClientKeyFile: key})
 		if err != nil {
 			return err
 		}
-		if _, err := datadir.WriteIfChanged(s.layout.Cred(k.name+".kubeconfig"), data, 0o600); err != nil {
+		if _, err := datadir.WriteIfChanged(s.layout.Cred(k.File), data, 0o600); err != nil {
 			return err
 		}
 	}
 	hash, err := pki.CAHash(s.cas[certs.ServerCA].BundlePEM)
 	if err != nil {
-		return fmt.Errorf("CA hash of %s: %w", serverCA, err)
+		return fmt.Errorf("CA hash of %s: %w", s.layout.TLS(certs.CA(certs.ServerCA).CertFile), err)
 	}
 	if s.firstStart {
 		if err := s.tok.CheckCAHash(hash); err != nil {

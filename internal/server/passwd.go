@@ -269,7 +269,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		}
 		now := s.clock.Now()
 		content := pw.Bytes()
-		rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: content})
+		rec.Set(bootstrap.PasswdField, bootstrap.File{Timestamp: now.UTC(), Content: content})
 		newRev, err := s.storeRecord(ctx, s.bootstrapKey, rev, rec)
 		if errors.Is(err, datastore.ErrConflict) {
 			// Another server changed the record meanwhile (maybe settling the same passwd):
@@ -302,7 +302,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 // from the record's, why, and whether it holds a new agent password; why is empty when
 // the record's passwd can be used as is.
 func (s *Server) passwdToSettle(rec *bootstrap.Record) (pw Passwd, why string, newAgent bool, err error) {
-	if pf, ok := rec.Get("PasswdFile"); ok {
+	if pf, ok := rec.Get(bootstrap.PasswdField); ok {
 		if pw, err = ParsePasswd(pf.Content); err != nil {
 			return nil, "", false, fmt.Errorf("passwd in the bootstrap data: %w", err)
 		}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -218,9 +217,11 @@ func (s *Server) etcdCertFingerprint() string {
 		data, _ := os.ReadFile(crt)
 		b.Write(data)
 	}
-	for _, id := range []certs.CAID{certs.ETCDServerCA, certs.ETCDPeerCA} {
-		data, _ := os.ReadFile(s.layout.TLS(certs.CA(id).CertFile))
-		b.Write(data)
+	for _, c := range certs.CAs {
+		if c.Etcd {
+			data, _ := os.ReadFile(s.layout.TLS(c.CertFile))
+			b.Write(data)
+		}
 	}
 	return b.String()
 }
@@ -289,12 +290,11 @@ func (s *Server) initCAs() error {
 	var files []datadir.File
 	var made []generated
 	for _, c := range certs.CAs {
-		key, err := s.issuer.NewECKey()
+		key, err := c.Key.NewKey(s.issuer)
 		if err != nil {
 			return fmt.Errorf("generate %s key: %w", c.ID, err)
 		}
-		cn := c.CNPrefix + "@" + strconv.FormatInt(now.Unix(), 10)
-		cert, err := s.issuer.SelfSignedCA(key, cn, s.r.caValidity)
+		cert, err := s.issuer.SelfSignedCA(key, c.CommonName(now), s.r.caValidity)
 		if err != nil {
 			return err
 		}

@@ -145,23 +145,32 @@ func Plan(want pki.LeafProfile, ex Existing, ca *pki.CA, pol Policy) (Decision, 
 		capped = fmt.Sprintf("expires on %s, within the renewal window, but not renewed: it expires with CA certificate %q and a new certificate could not last longer; rotate the CA",
 			leaf.NotAfter.UTC().Format(time.RFC3339), limit.Subject.String())
 	}
-	switch {
-	case pol.Now.Before(leaf.NotBefore):
-		return renew(fmt.Sprintf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339)))
-	case !bytes.Equal(leaf.RawIssuer, ca.Cert.RawSubject) || leaf.CheckSignatureFrom(ca.Cert) != nil:
-		return renew("not signed by the current CA")
-	case leaf.Subject.CommonName != want.CommonName || !sameSet(leaf.Subject.Organization, want.Organization):
-		return renew("subject differs from the profile")
-	case !sameUsages(leaf.ExtKeyUsage, want.ExtKeyUsage):
-		return renew("extended key usage differs from the profile")
-	}
-	if missing := MissingSANs(leaf, want); len(missing) > 0 {
-		return renew(fmt.Sprintf("missing SANs %v", missing))
+	if reason := drift(leaf, want, ca, pol.Now); reason != "" {
+		return renew(reason)
 	}
 	if !bytes.Equal(ex.CertPEM, BuildCertFile(leaf, ca)) {
 		return Decision{Action: Rebundle, Reason: "CA bundle changed", Cert: leaf, Key: key}, nil
 	}
 	return Decision{Action: Keep, Reason: capped, Cert: leaf, Key: key}, nil
+}
+
+// drift says why leaf no longer is what want and ca ask for at now — not valid yet,
+// signed by another CA, another subject, other usages, missing SANs — or "" when it is.
+func drift(leaf *x509.Certificate, want pki.LeafProfile, ca *pki.CA, now time.Time) string {
+	switch {
+	case now.Before(leaf.NotBefore):
+		return fmt.Sprintf("not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
+	case !bytes.Equal(leaf.RawIssuer, ca.Cert.RawSubject) || leaf.CheckSignatureFrom(ca.Cert) != nil:
+		return "not signed by the current CA"
+	case leaf.Subject.CommonName != want.CommonName || !sameSet(leaf.Subject.Organization, want.Organization):
+		return "subject differs from the profile"
+	case !sameUsages(leaf.ExtKeyUsage, want.ExtKeyUsage):
+		return "extended key usage differs from the profile"
+	}
+	if missing := MissingSANs(leaf, want); len(missing) > 0 {
+		return fmt.Sprintf("missing SANs %v", missing)
+	}
+	return ""
 }
 
 // BuildCertFile returns the bytes of a leaf .crt file: the leaf, then its CA's bundle.

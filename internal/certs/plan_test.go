@@ -592,3 +592,31 @@ func parseFirst(t *testing.T, file []byte) *x509.Certificate {
 	}
 	return cs[0]
 }
+
+func TestDrift(t *testing.T) {
+	f := newPlanFixture(t)
+	good := f.good()
+	tests := []struct {
+		name string
+		leaf *x509.Certificate
+		want pki.LeafProfile
+		ca   *pki.CA
+		now  time.Time
+		say  string
+	}{
+		{"up to date", good, f.want, f.ca, planNow, ""},
+		{"not valid yet", good, f.want, f.ca, good.NotBefore.Add(-time.Second), "not valid before"},
+		{"other CA", good, f.want, f.other, planNow, "not signed by the current CA"},
+		{"same-subject CA", good, f.want, f.twin, planNow, "not signed by the current CA"},
+		{"other CN", good, f.with(func(p *pki.LeafProfile) { p.CommonName = "x" }), f.ca, planNow, "subject differs"},
+		{"organizations reordered", good, f.with(func(p *pki.LeafProfile) { p.Organization = []string{"o2", "o1"} }), f.ca, planNow, ""},
+		{"other usage", good, f.with(func(p *pki.LeafProfile) { p.ExtKeyUsage = p.ExtKeyUsage[:1] }), f.ca, planNow, "extended key usage differs"},
+		{"new SAN", good, f.with(func(p *pki.LeafProfile) { p.IPs = append(p.IPs, net.ParseIP("10.0.0.9")) }), f.ca, planNow, "missing SANs [10.0.0.9]"},
+	}
+	for _, tc := range tests {
+		got := drift(tc.leaf, tc.want, tc.ca, tc.now)
+		if (tc.say == "") != (got == "") || !strings.Contains(got, tc.say) {
+			t.Errorf("%s: drift %q, want %q", tc.name, got, tc.say)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
@@ -68,7 +69,7 @@ func Defaults() Config {
 	return Config{
 		DataDir:         datadir.DefaultRoot,
 		APIServerPort:   6443,
-		RenewBeforeDays: 90,
+		RenewBeforeDays: certs.DefaultRenewBeforeDays,
 		RenewInterval:   time.Hour,
 	}
 }
@@ -178,7 +179,7 @@ func New(cfg Config, opts Options) (*Agent, error) {
 		}
 	}
 	if len(a.servers) == 0 && len(errs) == 0 {
-		bad("--server is required: the URL of a kpki server, https://host:9345")
+		bad("--server is required: the URL of a kpki server, https://host:%d", api.DefaultSupervisorPort)
 	} else if len(a.servers) > 0 {
 		a.base = a.servers[0]
 	}

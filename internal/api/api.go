@@ -19,6 +19,9 @@ const (
 	PathCACerts = "/cacerts"
 	// PathPing answers "pong" without authentication.
 	PathPing = "/ping"
+	// PathReadyz answers "ok" without authentication once the datastore and the PKI
+	// are ready, and an error body with 503 before.
+	PathReadyz = "/readyz"
 
 	PathServerCA        = "/v1-kpki/server-ca.crt"
 	PathClientCA        = "/v1-kpki/client-ca.crt"
@@ -28,13 +31,33 @@ const (
 	PathTokenRotate     = "/v1-kpki/token"
 )
 
+// PathPrefix is the prefix of every authenticated endpoint.
+const PathPrefix = "/v1-kpki/"
+
 // SignPath is the endpoint that signs the agent leaf named name (client-kubelet, ...).
-func SignPath(name string) string { return "/v1-kpki/" + name + ".crt" }
+func SignPath(name string) string { return PathPrefix + name + ".crt" }
+
+// Pattern is the http.ServeMux pattern of method on path: "GET /cacerts".
+func Pattern(method, path string) string { return method + " " + path }
 
 // Content types.
 const (
 	ContentTypeCSR  = "application/pkcs10"
 	ContentTypeJSON = "application/json"
+	// ContentTypePEM is the type of every answer holding PEM certificates.
+	ContentTypePEM = "application/x-pem-file"
+	// ContentTypeText is the type of the /ping and /readyz answers.
+	ContentTypeText = "text/plain"
+)
+
+// Standard headers the supervisor answers with.
+const (
+	HeaderContentType = "Content-Type"
+	// HeaderRetryAfter, in whole seconds, comes with 429 and 503 answers.
+	HeaderRetryAfter = "Retry-After"
+	// HeaderWWWAuthenticate, with BasicChallenge, comes with 401 answers.
+	HeaderWWWAuthenticate = "WWW-Authenticate"
+	BasicChallenge        = `Basic realm="kpki"`
 )
 
 // Headers a node sends with its signing requests (SPEC §7).
@@ -71,7 +94,8 @@ type TokenRotateResponse struct {
 	Warnings []string `json:"warnings,omitempty"`
 }
 
-// ErrorBody is the JSON body of every error answer.
+// ErrorBody is the JSON body of every error answer: the message, the id the server
+// logged it with, and, for a request refused by several checks, every failed check.
 type ErrorBody struct {
 	Error  string   `json:"error"`
 	ID     string   `json:"id"`

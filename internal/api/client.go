@@ -190,7 +190,7 @@ func (c *Client) send(ctx context.Context, r Request, auth bool) (Reply, error) 
 		req.Header[k] = v
 	}
 	if r.ContentType != "" {
-		req.Header.Set("Content-Type", r.ContentType)
+		req.Header.Set(HeaderContentType, r.ContentType)
 	}
 	if auth && (c.cfg.User != "" || c.cfg.Password != "") {
 		req.SetBasicAuth(c.cfg.User, c.cfg.Password)

@@ -7,7 +7,6 @@ import (
 	"crypto/x509"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -403,72 +402,6 @@ func TestGenerateServiceKey(t *testing.T) {
 		}
 		if datadir.Exists(stage) {
 			t.Error("the staging dir was created")
-		}
-	})
-}
-
-// TestRotateDefaultCAScript runs test/e2e/testdata/rotate-default-ca.sh (the openssl
-// counterpart of K3s's rotate-default-ca-certs.sh) and checks its output like
-// CrossSignCA's; then a second round on top of it, and CrossSignCA on top of the
-// script's output.
-func TestRotateDefaultCAScript(t *testing.T) {
-	t.Parallel()
-	requireOpenSSL(t)
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("bash not installed")
-	}
-	script, err := filepath.Abs("../../test/e2e/testdata/rotate-default-ca.sh")
-	if err != nil {
-		t.Fatal(err)
-	}
-	run := func(t *testing.T, dd string) string {
-		t.Helper()
-		cmd := exec.Command("bash", script)
-		cmd.Dir = t.TempDir()
-		cmd.Env = append(os.Environ(), "DATA_DIR="+dd)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", script, err, out)
-		}
-		return string(out)
-	}
-	dd := selfSignedDataDir(t)
-	l := datadir.Layout{Root: dd}
-	stageTLS := l.Server(RotateCADir, "tls")
-
-	old := readLive(t, dd)
-	oldSvc := parseKeysFile(t, l.TLS(certs.ServiceKeyFile))
-	out := run(t, dd)
-	hash := checkCrossSigned(t, stageTLS, old)
-	checkTokens(t, out, hash)
-	checkServiceKey(t, filepath.Join(stageTLS, certs.ServiceKeyFile), oldSvc)
-	if !strings.Contains(out, "certificate rotate-ca --path="+l.Server(RotateCADir)) {
-		t.Errorf("output does not give the rotate-ca command:\n%s", out)
-	}
-
-	t.Run("second round", func(t *testing.T) {
-		promote(t, dd)
-		first := readLive(t, dd)
-		// The script names its CAs after the current second, as K3s's does; a second
-		// round within the same second would give the new roots the old ones' names.
-		time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
-		out := run(t, dd)
-		checkTokens(t, out, checkCrossSigned(t, stageTLS, first))
-	})
-	t.Run("cross-sign-ca on the script's files", func(t *testing.T) {
-		promote(t, dd)
-		current := readLive(t, dd)
-		var buf bytes.Buffer
-		res, err := CrossSignCA(dd, clock.Real{}, &buf)
-		if err != nil {
-			t.Fatalf("CrossSignCA: %v", err)
-		}
-		if got := checkCrossSigned(t, stageTLS, current); got != res.CAHash {
-			t.Errorf("hash %s, result %s", got, res.CAHash)
-		}
-		// The script's working files were in the replaced dir.
-		if datadir.Exists(filepath.Join(stageTLS, "server-root-old.key")) {
-			t.Error("the script's staging dir was not replaced")
 		}
 	})
 }

@@ -78,6 +78,10 @@ type Policy struct {
 	RenewBefore time.Duration
 }
 
+// DefaultRenewBeforeDays is the default renewal window, in days, of the server and
+// the agent (--renew-before-days) and the leaf warning window of `certificate check`.
+const DefaultRenewBeforeDays = 90
+
 // DefaultCAWarnDays is the default CA warning window, in days, of the server
 // (--ca-warn-days) and of `certificate check`: a CA whose signing chain expires within
 // it is logged, flagged in metrics and reported as WARNING.

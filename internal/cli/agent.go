@@ -1,12 +1,14 @@
 package cli
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/kpki/kpki/internal/agent"
+	"github.com/kpki/kpki/internal/api"
 )
 
 func newAgentCmd() *cobra.Command {
@@ -47,7 +49,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	f := cmd.Flags()
 	dataDirFlag(cmd, &cfg.DataDir)
 	configFlag(cmd)
-	f.StringSliceVarP(&servers, "server", "s", nil, "URL of a kpki server's supervisor, https://host:9345 (env KPKI_URL); repeat it or give a comma-separated list to fail over between servers")
+	f.StringSliceVarP(&servers, "server", "s", nil, fmt.Sprintf("URL of a kpki server's supervisor, https://host:%d (env KPKI_URL); repeat it or give a comma-separated list to fail over between servers", api.DefaultSupervisorPort))
 	f.StringVarP(&cfg.Token, "token", "t", "", "join token: K10<ca-hash>::<user>:<password>, or a short token (no CA pinning)")
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")
 	f.StringSliceVar(&cfg.NodeIPs, "node-ip", nil, "node IP address, a SAN of the kubelet serving certificate (repeatable)")

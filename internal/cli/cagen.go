@@ -97,9 +97,9 @@ func newGenerateCACmd() *cobra.Command {
 		Short: "Create custom cluster CAs signed by a root and intermediate CA (K3s generate-custom-ca-certs.sh)",
 		Long: `Create the cluster CAs in <data-dir>/server/tls, as K3s's generate-custom-ca-certs.sh does,
 without openssl. The data dir is --data-dir, else KPKI_DATA_DIR, else DATA_DIR (as the script),
-else the config file's data-dir, else /var/lib/rancher/kpki. When <data-dir>/server/tls holds no
+else the config file's data-dir, else ` + datadir.DefaultRoot + `. When <data-dir>/server/tls holds no
 root-ca.* or intermediate-ca.* but the script's directory ($DATA_DIR, else
-/var/lib/rancher/kpki, /server/tls) holds root-ca.pem, they are taken from there; the command
+` + datadir.DefaultRoot + `, /server/tls) holds root-ca.pem, they are taken from there; the command
 prints which directory it used.
 
 Place root-ca.pem and root-ca.key there to use an existing root; root-ca.pem,

@@ -75,7 +75,7 @@ file. -o json and -o yaml always hold every certificate, with a summary object.`
 	f.StringSliceVar(&services, "service", nil, "only these services' certificates (comma-separated or repeated); aliases such as rke2-server are accepted")
 	f.StringVarP(&output, "output", "o", string(certcheck.FormatTable), "output format: table, text, json or yaml")
 	f.StringVar(&failOn, "fail-on", "", "exit 1 when a certificate reaches this status: warning (WARNING or worse) or expired (EXPIRED, NOT YET VALID, MISSING or ERROR)")
-	f.IntVar(&renewBeforeDays, "renew-before-days", 90, "report leaf certificates expiring within this many days as WARNING")
+	f.IntVar(&renewBeforeDays, "renew-before-days", certs.DefaultRenewBeforeDays, "report leaf certificates expiring within this many days as WARNING")
 	f.IntVar(&caWarnDays, "ca-warn-days", certs.DefaultCAWarnDays, "report CA certificates expiring within this many days as WARNING")
 	return cmd
 }

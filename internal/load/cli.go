@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/kpki/kpki/internal/api"
 )
 
 // Exit statuses of kpki-load.
@@ -24,10 +26,10 @@ const (
 )
 
 const usage = `kpki-load drives a kpki server's supervisor the way a fleet of joining agents
-does, and compares each scenario with GET /ping measured in the same run.
+does, and compares each scenario with GET ` + api.PathPing + ` measured in the same run.
 
 Scenarios (run in the order given):
-  ping   GET /ping: TLS and HTTP without PKI work, the baseline
+  ping   GET ` + api.PathPing + `: TLS and HTTP without PKI work, the baseline
   renew  --nodes registered nodes re-sign (registered before the timed run)
   join   every request is a node never seen before: registration, then signing
 

@@ -189,7 +189,7 @@ func (t target) pinnedBase() string { return "https://" + t.addrs[0] }
 func CheckServer(ctx context.Context, server string) (target, error) {
 	u, err := url.Parse(server)
 	if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || (u.Path != "" && u.Path != "/") {
-		return target{}, fmt.Errorf("--server %q must look like https://127.0.0.1:9345", server)
+		return target{}, fmt.Errorf("--server %q must look like %s", server, DefaultServer)
 	}
 	host, port := u.Hostname(), u.Port()
 	if port == "" {

@@ -214,7 +214,7 @@ func (r *runner) sign(ctx context.Context, n node) (answer, error) {
 		return answer{}, err
 	}
 	req.SetBasicAuth(r.user, r.pw)
-	req.Header.Set("Content-Type", api.ContentTypeCSR)
+	req.Header.Set(api.HeaderContentType, api.ContentTypeCSR)
 	req.Header.Set(api.HeaderNodeName, n.name)
 	req.Header.Set(api.HeaderNodePassword, n.password)
 	return r.do(req)
@@ -482,7 +482,7 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 		t.fail(strconv.Itoa(a.status), errorText(a))
 		return
 	case s == Ping && string(a.body) != "pong":
-		t.fail("bad-reply", fmt.Sprintf("GET /ping answered %q, not pong", truncate(a.body)))
+		t.fail("bad-reply", fmt.Sprintf("GET %s answered %q, not pong", api.PathPing, truncate(a.body)))
 		return
 	case s != Ping && !bytes.HasPrefix(a.body, []byte(pemCertPrefix)):
 		t.fail("bad-reply", fmt.Sprintf("the signing answer is not a PEM certificate: %q", truncate(a.body)))

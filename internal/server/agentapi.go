@@ -47,7 +47,7 @@ func (s *Server) caHandler(id certs.CAID) http.HandlerFunc {
 		s.mu.Lock()
 		ca := s.cas[id]
 		s.mu.Unlock()
-		w.Header().Set("Content-Type", "application/x-pem-file")
+		w.Header().Set(api.HeaderContentType, api.ContentTypePEM)
 		w.Write(ca.BundlePEM)
 	}
 }
@@ -153,7 +153,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 	e.Time, e.RemoteAddr = s.clock.Now().UTC(), r.RemoteAddr
 	s.writeAudit(e)
 	s.log.Info("issued node certificate", "node", node, "certificate", leaf.Name, "serial", audit.SerialHex(cert), "remote", r.RemoteAddr)
-	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set(api.HeaderContentType, api.ContentTypePEM)
 	w.Write(certs.BuildCertFile(cert, ca))
 }
 
@@ -217,7 +217,7 @@ func (s *Server) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
 	}
 	s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "server-bootstrap", Actor: supervisor.CallerFrom(r.Context()).User,
 		RemoteAddr: r.RemoteAddr, Detail: "bootstrap data sent to a joining server"})
-	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(api.HeaderContentType, api.ContentTypeJSON)
 	w.Write(plain)
 }
 

@@ -77,7 +77,7 @@ func Defaults() Config {
 		ClusterDomain:    "cluster.local",
 		CAValidityDays:   3650,
 		CertValidityDays: 365,
-		RenewBeforeDays:  90,
+		RenewBeforeDays:  certs.DefaultRenewBeforeDays,
 		CAWarnDays:       certs.DefaultCAWarnDays,
 		RenewInterval:    time.Hour,
 		MetricsAddress:   "127.0.0.1:9346",

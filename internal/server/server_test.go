@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/testport"
@@ -99,12 +100,17 @@ func TestWarmStartGeneratesNoKeyAndSignsNothing(t *testing.T) {
 	cold := &pki.Stats{}
 	s := startServer(t, cfg, fc, cold)
 	s.Stop()
-	// 5 CA keys + 16 leaf keys (EC) + the service-account key (RSA); 5 CA + 16 leaf signatures.
-	if got := cold.Keys.Load(); got != 22 {
-		t.Errorf("cold start generated %d keys, want 22", got)
+	// One key and one signature per CA and per server leaf of the table, and the
+	// service-account key, which nothing signs.
+	cas, leaves := int64(len(certs.CAs)), int64(len(certs.Select(certs.ServerNode, nil)))
+	if cas == 0 || leaves == 0 {
+		t.Fatalf("table: %d CAs, %d server leaves", cas, leaves)
 	}
-	if got := cold.Signatures.Load(); got != 21 {
-		t.Errorf("cold start made %d signatures, want 21", got)
+	if got, want := cold.Keys.Load(), cas+leaves+1; got != want {
+		t.Errorf("cold start generated %d keys, want %d (%d CAs, %d server leaves, service.key)", got, want, cas, leaves)
+	}
+	if got, want := cold.Signatures.Load(), cas+leaves; got != want {
+		t.Errorf("cold start made %d signatures, want %d (%d CAs, %d server leaves)", got, want, cas, leaves)
 	}
 	before := treeHashes(t, dir)
 
@@ -152,6 +158,8 @@ func TestRenewerRenewsLiveWithInjectedClock(t *testing.T) {
 	stats := &pki.Stats{}
 	s := startServer(t, cfg, fc, stats)
 	defer s.Stop()
+	leaves := int64(len(certs.Select(certs.ServerNode, nil)))
+	firstKeys := stats.Keys.Load()
 
 	caPEM, err := os.ReadFile(filepath.Join(dir, "server", "tls", "server-ca.crt"))
 	if err != nil {
@@ -180,14 +188,14 @@ func TestRenewerRenewsLiveWithInjectedClock(t *testing.T) {
 
 	// 21 days after issuance the 30-day leaves are inside the 10-day window.
 	fc.Advance(16 * 24 * time.Hour)
-	waitFor(t, func() bool { return stats.Signatures.Load() >= signed+16 })
+	waitFor(t, func() bool { return stats.Signatures.Load() >= signed+leaves })
 	waitFor(t, func() bool { return servedCert(t, addr, roots, fc).SerialNumber.Cmp(first.SerialNumber) != 0 })
 	now := servedCert(t, addr, roots, fc)
 	if !now.NotAfter.After(first.NotAfter) {
 		t.Errorf("renewed certificate expires %s, not after the old %s", now.NotAfter, first.NotAfter)
 	}
-	if k := stats.Keys.Load(); k != 22 {
-		t.Errorf("renewal generated keys: %d keys in all, want the 22 of the first start", k)
+	if k := stats.Keys.Load(); k != firstKeys {
+		t.Errorf("renewal generated keys: %d keys in all, want the %d of the first start", k, firstKeys)
 	}
 	keyAfter, err := os.ReadFile(filepath.Join(dir, "server", "tls", "serving-supervisor.key"))
 	if err != nil {

@@ -7,6 +7,8 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+
+	"github.com/kpki/kpki/internal/api"
 )
 
 // Role is what an authenticated caller may do.
@@ -42,14 +44,14 @@ func (s *Supervisor) Require(h http.HandlerFunc, roles ...Role) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		user, pw, ok := r.BasicAuth()
 		if !ok || s.cfg.Authenticate == nil {
-			w.Header().Set("WWW-Authenticate", `Basic realm="kpki"`)
+			w.Header().Set(api.HeaderWWWAuthenticate, api.BasicChallenge)
 			s.Error(w, r, http.StatusUnauthorized, errors.New("authentication required"))
 			return
 		}
 		key := clientKey(r.RemoteAddr)
 		if wait := s.authL.wait(key); wait > 0 {
 			secs := int(math.Ceil(wait.Seconds()))
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
+			w.Header().Set(api.HeaderRetryAfter, strconv.Itoa(secs))
 			s.Error(w, r, http.StatusTooManyRequests,
 				fmt.Errorf("too many failed authentications from %s; try again in %d s", key, secs))
 			return
@@ -57,7 +59,7 @@ func (s *Supervisor) Require(h http.HandlerFunc, roles ...Role) http.Handler {
 		role, ok := s.cfg.Authenticate(user, pw)
 		if !ok {
 			s.authL.failed(key)
-			w.Header().Set("WWW-Authenticate", `Basic realm="kpki"`)
+			w.Header().Set(api.HeaderWWWAuthenticate, api.BasicChallenge)
 			s.Error(w, r, http.StatusUnauthorized, errors.New("invalid credentials"))
 			return
 		}

@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
@@ -21,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/httplimit"
 )
@@ -52,12 +52,12 @@ type Supervisor struct {
 // New builds the API.
 func New(cfg Config) *Supervisor {
 	s := &Supervisor{cfg: cfg, mux: http.NewServeMux(), authL: newAuthLimiter(cfg.Clock, authBurst, authRefill, authTable)}
-	s.mux.HandleFunc("GET /cacerts", s.cacerts)
-	s.mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
+	s.mux.HandleFunc(api.Pattern(http.MethodGet, api.PathCACerts), s.cacerts)
+	s.mux.HandleFunc(api.Pattern(http.MethodGet, api.PathPing), func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set(api.HeaderContentType, api.ContentTypeText)
 		fmt.Fprint(w, "pong")
 	})
-	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc(api.Pattern(http.MethodGet, api.PathReadyz), s.readyz)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, http.StatusNotFound, fmt.Errorf("no such endpoint: %s", Clip(r.Method+" "+r.URL.Path, ClientFieldMax)))
 	})
@@ -115,7 +115,7 @@ func (s *Supervisor) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 func (s *Supervisor) cacerts(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set(api.HeaderContentType, api.ContentTypePEM)
 	w.Write(s.cfg.CACerts())
 }
 
@@ -126,21 +126,22 @@ func (s *Supervisor) readyz(w http.ResponseWriter, r *http.Request) {
 		s.Error(w, r, http.StatusServiceUnavailable, err)
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set(api.HeaderContentType, api.ContentTypeText)
 	fmt.Fprint(w, "ok")
 }
 
-// Error answers {"error": msg, "id": id} with status code and logs the same id.
+// Error answers an api.ErrorBody {"error": msg, "id": id} with status code and logs the
+// same id.
 func (s *Supervisor) Error(w http.ResponseWriter, r *http.Request, code int, err error) {
 	s.ErrorList(w, r, code, err, nil)
 }
 
-// Unavailable answers 503 with {"error": err, "id": id} and a Retry-After header of
+// Unavailable answers 503 with an api.ErrorBody and a Retry-After header of
 // retryAfter (rounded up to whole seconds): the request may succeed when repeated.
 // detail, the full cause, is logged with the same id but not sent.
 func (s *Supervisor) Unavailable(w http.ResponseWriter, r *http.Request, err, detail error, retryAfter time.Duration) {
 	secs := int64((retryAfter + time.Second - 1) / time.Second)
-	w.Header().Set("Retry-After", strconv.FormatInt(max(secs, 1), 10))
+	w.Header().Set(api.HeaderRetryAfter, strconv.FormatInt(max(secs, 1), 10))
 	s.errorDetail(w, r, http.StatusServiceUnavailable, err, detail, nil)
 }
 
@@ -162,17 +163,8 @@ func (s *Supervisor) errorDetail(w http.ResponseWriter, r *http.Request, code in
 		attrs = append(attrs, "errors", clipList(list))
 	}
 	s.cfg.Log.Warn("request failed", attrs...)
-	body := map[string]any{"error": err.Error(), "id": id}
-	if len(list) > 0 {
-		body["errors"] = list
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(body)
+	api.WriteError(w, code, api.ErrorBody{Error: err.Error(), ID: id, Errors: list})
 }
 
 // JSON answers v as JSON with status 200.
-func JSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(v)
-}
+func JSON(w http.ResponseWriter, v any) { api.WriteJSON(w, v) }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/pki"
 )
 
@@ -178,23 +179,21 @@ func (ts *testServer) do(t *testing.T, method, path string, setup func(*http.Req
 	return resp.StatusCode, resp.Header, body
 }
 
-// errorBody is the JSON error answer.
-type errorBody struct {
-	Error  string   `json:"error"`
-	ID     string   `json:"id"`
-	Errors []string `json:"errors"`
-}
-
 // checkJSONError checks that body is a JSON error with an id that the server logged
 // together with the same status and message, and returns it.
-func checkJSONError(t *testing.T, ts *testServer, hdr http.Header, body []byte, code int, wantMsg string) errorBody {
+func checkJSONError(t *testing.T, ts *testServer, hdr http.Header, body []byte, code int, wantMsg string) api.ErrorBody {
 	t.Helper()
 	if ct := hdr.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("Content-Type = %q, want application/json", ct)
 	}
-	var eb errorBody
+	var eb api.ErrorBody
 	if err := json.Unmarshal(body, &eb); err != nil {
 		t.Fatalf("error answer %q is not JSON: %v", body, err)
+	}
+	// The client reads the same body.
+	if se := (api.Reply{Status: code, Body: body}).StatusError(); se.Code != code || se.Body.Error != eb.Error || se.Body.ID != eb.ID ||
+		strings.Join(se.Body.Errors, "|") != strings.Join(eb.Errors, "|") {
+		t.Errorf("api.Reply.StatusError() = %+v, want the body %+v", se, eb)
 	}
 	if !strings.Contains(eb.Error, wantMsg) {
 		t.Errorf("error = %q, want it to contain %q", eb.Error, wantMsg)
@@ -367,7 +366,7 @@ func TestErrorIDsAreUnique(t *testing.T) {
 	seen := map[string]bool{}
 	for range 20 {
 		_, _, body := ts.do(t, http.MethodGet, "/missing", nil)
-		var eb errorBody
+		var eb api.ErrorBody
 		if err := json.Unmarshal(body, &eb); err != nil {
 			t.Fatal(err)
 		}

@@ -432,8 +432,23 @@ func TestSeedRotateSelfSignedCA(t *testing.T) {
 		dd := filepath.Join(t.TempDir(), "data")
 		s := startServer(t, dd)
 		s.WaitReady(t)
-		out := run(t, t.TempDir(), []string{"DATA_DIR=" + dd, "PRODUCT=kpki"}, "bash", script)
-		s = rotateCrossSigned(t, s, "script", string(out))
+		// Twice (the second time from the script's own cross-signed CAs), then
+		// cross-sign-ca on top of the script's files.
+		for round := 1; round <= 2; round++ {
+			name := fmt.Sprintf("script round %d", round)
+			out := string(run(t, t.TempDir(), []string{"DATA_DIR=" + dd, "PRODUCT=kpki"}, "bash", script))
+			checkStagedRotation(t, dd, name, out)
+			s = rotateCrossSigned(t, s, name, out)
+		}
+		if !stagedFileExists(t, dd, "server-root-old.key") {
+			t.Fatal("the script left no working files in the staging dir; the check below would prove nothing")
+		}
+		r := kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", dd)
+		if stagedFileExists(t, dd, "server-root-old.key") {
+			t.Error("cross-sign-ca did not replace the staging dir the script wrote")
+		}
+		checkStagedRotation(t, dd, "cross-sign-ca after the script", r.stdout)
+		s = rotateCrossSigned(t, s, "cross-sign-ca after the script", r.stdout)
 		s.Stop(t)
 	})
 }

@@ -1279,6 +1279,18 @@ install -m 0600 %[1]s/intermediate-ca.key /etc/ssl/private/
 		r := h.sh(t, rotateLine)
 		assertRefused(t, r, anyOf("--force"), anyOf("chain"))
 		b.assertUnchanged(t, s, "rotate-ca with a new root without --force")
+		// "If the rotate-ca command returns an error, check the service log for errors."
+		id := regexp.MustCompile(`server error id ([0-9a-f]+)`).FindStringSubmatch(r.stderr)
+		if id == nil {
+			t.Fatalf("the refusal names no server error id to look up in the service log:\n%s", r)
+		}
+		logged := false
+		for _, line := range strings.Split(s.Stderr(), "\n") {
+			logged = logged || (strings.Contains(line, "id="+id[1]) && strings.Contains(line, "chain"))
+		}
+		if !logged {
+			t.Errorf("the service log has no line with id=%s giving the failed checks:\n%s", id[1], s.tail(10))
+		}
 	})
 	oldLeaves = snapshotLeaves(t, s)
 	r = h.page(t, rotateLine+" --force")

@@ -958,6 +958,14 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		h.assertCheck(t, s)
 	})
 
+	// An operator who skips the stop is told to run it.
+	t.Run("certificate rotate while kpki runs", func(t *testing.T) {
+		b := takeBaseline(t, s)
+		r := h.sh(t, lineWith(t, rotateBlock, "certificate rotate"))
+		assertRefused(t, r, anyOf(stop))
+		b.assertUnchanged(t, s, "certificate rotate while kpki runs")
+	})
+
 	// Rotating Client and Server Certificates Manually: the whole block.
 	oldLeaves := snapshotLeaves(t, s)
 	oldTLS := hashTree(t, tlsDir)
@@ -1174,6 +1182,28 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		if keys := bootstrapKeys(t, s); len(keys) != 1 {
 			t.Errorf("bootstrap keys %v, want one", keyNames(keys))
 		}
+	})
+
+	// kpki's own cross-signing, and the rotate-ca command it prints, run as printed.
+	r = h.page(t, "kpki certificate cross-sign-ca")
+	next := regexp.MustCompile(`(?m)^\s*(kpki certificate rotate-ca --path=\S+.*)$`).FindStringSubmatch(r.stdout)
+	csServer := regexp.MustCompile(`Updated server token:\s+(\S+)`).FindStringSubmatch(r.stdout)
+	csAgent := regexp.MustCompile(`Updated agent token:\s+(\S+)`).FindStringSubmatch(r.stdout)
+	if next == nil || csServer == nil || csAgent == nil {
+		t.Fatalf("cross-sign-ca does not print the rotate-ca command and the updated tokens:\n%s", r)
+	}
+	if tokenCAHash(t, csAgent[1]) != tokenCAHash(t, csServer[1]) || passphrase(csServer[1]) != passphrase(newToken) || passphrase(csAgent[1]) != passphrase(agent) {
+		t.Errorf("cross-sign-ca prints tokens %q and %q, want the current passwords under one new CA hash", redact(csServer[1]), redact(csAgent[1]))
+	}
+	r = h.page(t, next[1])
+	assertRotateCASaved(t, r)
+	if !strings.Contains(r.stdout, "server token: "+csServer[1]+"\n") || !strings.Contains(r.stdout, "agent token: "+csAgent[1]+"\n") {
+		t.Errorf("rotate-ca does not print the tokens cross-sign-ca printed:\n%s", r)
+	}
+	h.page(t, "systemctl restart kpki")
+	h.started(t)
+	t.Run("restart after cross-sign-ca", func(t *testing.T) {
+		h.assertTokens(t, "after cross-sign-ca, rotate-ca and a restart", csServer[1], csAgent[1])
 	})
 	h.page(t, stop)
 }

@@ -38,24 +38,26 @@ import (
 //
 // Default paths without touching the host: each walk runs in a private mount namespace
 // (`unshare --mount --propagation private`, held open by a sleeping process). In it /etc,
-// /var/lib, /opt and /usr/local/bin are overlays whose upper layers are throw-away directories,
-// and /var/lib/rancher, /etc/rancher and /opt/kpki are bind mounts of plain temporary
-// directories, which the test reads from outside; /usr/local/bin/kpki, where kpki.service looks
-// for it, is the binary under test. The page's commands and the server enter the namespace with
-// nsenter. The host's paths are checked to be unchanged while the namespace is live and after it
-// is gone. The test is skipped when a mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
+// /var/lib, /opt and /usr/local are overlays whose upper layers are throw-away directories, and
+// /var/lib/rancher, /etc/rancher and /opt/kpki are bind mounts of plain temporary directories,
+// which the test reads from outside. The page's commands and the server enter the namespace
+// with nsenter. kpki is installed in it as docs/operations.md says (`make install`: the binary
+// under test as /usr/local/bin/kpki, the units and env files in /usr/local/lib/systemd/system).
+// The host's paths are checked to be unchanged while the namespace is live and after it is
+// gone. The test is skipped when a mount namespace cannot be made (not root, no CAP_SYS_ADMIN).
 //
 // systemctl: systemd's service manager starts units in its own mount namespace, the host's, so a
 // real `systemctl start kpki` would write the host's /var/lib/rancher. The page's commands
-// therefore find on PATH a systemctl that hands `start`, `stop`, `restart` and `is-active` of
-// kpki(.service) to the test, which runs the shipped dist/systemd/kpki.service the way systemd
-// does: its ExecStart inside the namespace with systemd's PATH, Type=notify (the start returns
-// when READY=1 arrives on NOTIFY_SOCKET, and fails when kpki exits first), KillMode=process
-// (stop sends SIGTERM to the main process). It is stricter than systemd in one way: a stop after
-// which kpki did not send STOPPING=1 and exit 0 fails.
+// therefore find on PATH a systemctl that hands `start`, `stop`, `restart`, `is-active`,
+// `enable [--now]` and `daemon-reload` to the test, which runs the installed kpki.service the
+// way systemd does: the unit file found first in systemd's unit directories of the namespace,
+// its EnvironmentFile= files, its ExecStart inside the namespace with systemd's PATH,
+// Type=notify (the start returns when READY=1 arrives on NOTIFY_SOCKET, and fails when kpki
+// exits first), KillMode=process (stop sends SIGTERM to the main process). It is stricter than
+// systemd in one way: a stop after which kpki did not send STOPPING=1 and exit 0 fails.
 func TestSeedPageVerbatim(t *testing.T) {
 	t.Parallel()
-	requireTools(t, "openssl", "bash", "unshare", "nsenter")
+	requireTools(t, "openssl", "bash", "unshare", "nsenter", "make", "install")
 	page := loadSeedPage(t)
 	t.Run("walks", func(t *testing.T) {
 		t.Run("self-signed CAs", func(t *testing.T) {
@@ -242,11 +244,10 @@ const (
 	systemdPATH  = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
-// nsSetup runs as `unshare --mount --propagation private bash -c nsSetup _ <scratch> <kpki>`.
+// nsSetup runs as `unshare --mount --propagation private bash -c nsSetup _ <scratch>`.
 const nsSetup = `set -eu
 S=$1
-BIN=$2
-for d in /etc /var/lib /opt /usr/local/bin; do
+for d in /etc /var/lib /opt /usr/local; do
   n=$(printf '%s' "$d" | tr / _)
   mkdir -p "$S/overlay/$n/upper" "$S/overlay/$n/work"
   mount -t overlay overlay -o "lowerdir=$d,upperdir=$S/overlay/$n/upper,workdir=$S/overlay/$n/work" "$d"
@@ -255,14 +256,14 @@ for m in var-lib-rancher:/var/lib/rancher etc-rancher:/etc/rancher opt-kpki:/opt
   mkdir -p "${m#*:}"
   mount --bind "$S/${m%%:*}" "${m#*:}"
 done
-ln -sfn "$BIN" /usr/local/bin/kpki
 echo ready
 exec sleep infinity
 `
 
 // hostPaths are the host paths the walks use inside their namespaces; none may change.
 var hostPaths = []string{
-	"/var/lib/rancher", "/etc/rancher", "/opt/kpki", "/usr/local/bin/kpki",
+	"/var/lib/rancher", "/etc/rancher", "/opt/kpki", "/usr/local/bin/kpki", "/usr/local/lib/systemd/system",
+	"/usr/local/share/doc/kpki", "/etc/systemd/system/kpki.service",
 	"/etc/ssl/certs/root-ca.pem", "/etc/ssl/certs/intermediate-ca.pem", "/etc/ssl/private/intermediate-ca.key",
 }
 
@@ -307,14 +308,12 @@ func assertHostUnchanged(t *testing.T, when string, before map[string]string) {
 // pageHost is one mount namespace with the page's default paths, the systemctl the page's
 // commands use in it, and the kpki.service runs it made.
 type pageHost struct {
-	scratch   string // host dir holding the bind-mounted dirs and the overlays' upper layers
-	sockDir   string // short host dir for the unix sockets
-	shimDir   string // on PATH first inside the namespace: systemctl
-	nsMnt     string // /proc/<holder>/ns/mnt
-	nsRoot    string // /proc/<holder>/root
-	ports     serverPorts
-	execStart []string
-	envFiles  []string
+	scratch string // host dir holding the bind-mounted dirs and the overlays' upper layers
+	sockDir string // short host dir for the unix sockets
+	shimDir string // on PATH first inside the namespace: systemctl
+	nsMnt   string // /proc/<holder>/ns/mnt
+	nsRoot  string // /proc/<holder>/root
+	ports   serverPorts
 
 	mu    sync.Mutex
 	runs  []*unitRun
@@ -323,6 +322,7 @@ type pageHost struct {
 
 type unitRun struct {
 	srv    *kpkiServer
+	env    []string
 	notify *net.UnixConn
 	msgs   chan string
 }
@@ -350,16 +350,7 @@ func newPageHost(t *testing.T) *pageHost {
 	h.sockDir = sockDir
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 
-	u := parseUnit(t, unitPath(t, "kpki.service"))["Service"]
-	if len(u["ExecStart"]) != 1 || strings.Join(u["Type"], ",") != "notify" || strings.Join(u["KillMode"], ",") != "process" {
-		t.Fatalf("kpki.service: ExecStart %q Type %q KillMode %q; the systemctl of this test runs a single ExecStart, Type=notify, KillMode=process", u["ExecStart"], u["Type"], u["KillMode"])
-	}
-	h.execStart = strings.Fields(u["ExecStart"][0])
-	for _, f := range u["EnvironmentFile"] {
-		h.envFiles = append(h.envFiles, strings.ReplaceAll(strings.TrimPrefix(f, "-"), "%N", "kpki"))
-	}
-
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", nsSetup, "ns-setup", h.scratch, binary(t))
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "bash", "-c", nsSetup, "ns-setup", h.scratch)
 	cmd.Env = cleanEnv(nil)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -422,7 +413,7 @@ func newPageHost(t *testing.T) *pageHost {
 
 	// The namespace shows the default paths, backed by the scratch dirs; the host does not.
 	writeFile(t, filepath.Join(h.scratch, "etc-rancher", ".probe"), []byte("probe\n"), 0o600)
-	if r := h.sh(t, "test -f /etc/rancher/.probe && test -d /var/lib/rancher && test -d /opt/kpki && test \"$(readlink /usr/local/bin/kpki)\" = "+shellQuote(binary(t))); r.code != 0 {
+	if r := h.sh(t, "test -f /etc/rancher/.probe && test -d /var/lib/rancher && test -d /opt/kpki"); r.code != 0 {
 		t.Fatalf("the namespace does not show the scratch dirs at the default paths:\n%s", r)
 	}
 	if err := os.Remove(filepath.Join(h.scratch, "etc-rancher", ".probe")); err != nil {
@@ -445,6 +436,24 @@ func (h *pageHost) host(t *testing.T, nsPath string) string {
 	}
 	t.Fatalf("%s is not under a bind-mounted dir of the namespace", nsPath)
 	return ""
+}
+
+// install runs docs/operations.md's `make install` (as root, no DESTDIR) in the namespace
+// and checks that /usr/local/bin/kpki there is the binary under test.
+func (h *pageHost) install(t *testing.T) {
+	t.Helper()
+	root, err := moduleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := binary(t)
+	if r := h.sh(t, fmt.Sprintf("make -s -C %s install BIN=%s", shellQuote(root), shellQuote(bin))); r.code != 0 {
+		t.Fatalf("make install in the namespace:\n%s", r)
+	}
+	a, b := readFile(t, h.nsRoot+"/usr/local/bin/kpki"), readFile(t, bin)
+	if !bytes.Equal(a, b) {
+		t.Fatalf("/usr/local/bin/kpki in the namespace is not the binary under test")
+	}
 }
 
 // dataDir is the host path of /var/lib/rancher/kpki.
@@ -528,11 +537,16 @@ func (h *pageHost) server(t *testing.T) *kpkiServer {
 	if len(h.runs) == 0 || h.runs[len(h.runs)-1].srv.exited() {
 		t.Fatalf("kpki.service is not running; systemctl calls: %q%s", h.calls, h.lastLogLocked())
 	}
-	s := h.runs[len(h.runs)-1].srv
-	if !slices.Equal(s.Args, h.execStart) {
-		t.Fatalf("kpki runs as %q, want kpki.service's ExecStart %q", s.Args, h.execStart)
+	run := h.runs[len(h.runs)-1]
+	if !slices.Equal(run.srv.Args, []string{"/usr/local/bin/kpki", "server"}) {
+		t.Fatalf("kpki.service runs %q, want /usr/local/bin/kpki server", run.srv.Args)
 	}
-	return s
+	for _, kv := range run.env {
+		if strings.HasPrefix(kv, "KPKI_DATA_DIR=") || strings.HasPrefix(kv, "KPKI_CONFIG=") {
+			t.Fatalf("kpki.service runs with %s; the walk is of the default paths", kv)
+		}
+	}
+	return run.srv
 }
 
 func (h *pageHost) lastLog() string {
@@ -625,13 +639,33 @@ func (h *pageHost) systemctl(args []string) shimResponse {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.calls = append(h.calls, strings.Join(args, " "))
-	if len(args) < 2 {
-		return shimResponse{Code: 1, Stderr: "systemctl (e2e): want <start|stop|restart|is-active> <unit>...\n"}
+	var flags, words []string
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			flags = append(flags, a)
+		} else {
+			words = append(words, a)
+		}
 	}
-	verb := args[0]
-	for _, u := range args[1:] {
-		if strings.TrimSuffix(u, ".service") != "kpki" {
-			return shimResponse{Code: 5, Stderr: fmt.Sprintf("Failed to %s %s: Unit %s.service not found.\n", verb, u, strings.TrimSuffix(u, ".service"))}
+	const usage = "systemctl (e2e): want start|stop|restart|is-active|enable [--now] kpki, or daemon-reload\n"
+	if len(words) == 0 {
+		return shimResponse{Code: 1, Stderr: usage}
+	}
+	verb, units := words[0], words[1:]
+	now := slices.Equal(flags, []string{"--now"})
+	if len(flags) > 0 && (verb != "enable" || !now) {
+		return shimResponse{Code: 1, Stderr: fmt.Sprintf("systemctl (e2e): %q with %v is not handled\n", verb, flags)}
+	}
+	if verb == "daemon-reload" {
+		// Units are read at each start.
+		return shimResponse{}
+	}
+	if len(units) == 0 {
+		return shimResponse{Code: 1, Stderr: usage}
+	}
+	for _, u := range units {
+		if u != "kpki" && u != "kpki.service" {
+			return shimResponse{Code: 1, Stderr: fmt.Sprintf("systemctl (e2e): only kpki.service is handled, not %s\n", u)}
 		}
 	}
 	var err error
@@ -644,6 +678,11 @@ func (h *pageHost) systemctl(args []string) shimResponse {
 		if err = h.stopLocked(); err == nil {
 			err = h.startLocked()
 		}
+	case "enable":
+		// WantedBy=multi-user.target means nothing here; --now starts the unit.
+		if _, err = h.loadUnitLocked(); err == nil && now {
+			err = h.startLocked()
+		}
 	case "is-active":
 		if h.activeLocked() {
 			return shimResponse{Stdout: "active\n"}
@@ -652,10 +691,109 @@ func (h *pageHost) systemctl(args []string) shimResponse {
 	default:
 		return shimResponse{Code: 1, Stderr: fmt.Sprintf("systemctl (e2e): verb %q is not handled\n", verb)}
 	}
+	if errors.Is(err, errNoUnit) {
+		return shimResponse{Code: 5, Stderr: fmt.Sprintf("Failed to %s kpki.service: Unit kpki.service not found.\n", verb)}
+	}
 	if err != nil {
 		return shimResponse{Code: 1, Stderr: "Job for kpki.service failed: " + err.Error() + "\n"}
 	}
 	return shimResponse{}
+}
+
+// systemdUnitDirs are the unit directories systemd searches, in its order.
+var systemdUnitDirs = []string{"/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"}
+
+var errNoUnit = errors.New("unit not found")
+
+type serviceUnit struct {
+	path      string
+	execStart []string
+	envFiles  []string // "-" prefix kept: the file may be missing
+}
+
+// loadUnitLocked reads kpki.service from the first unit directory of the namespace that holds
+// it and checks that it is what this systemctl runs.
+func (h *pageHost) loadUnitLocked() (*serviceUnit, error) {
+	for _, dir := range systemdUnitDirs {
+		path := dir + "/kpki.service"
+		data, err := os.ReadFile(h.nsRoot + path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		unit, err := parseUnitText(string(data))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		svc := unit["Service"]
+		if len(svc["ExecStart"]) != 1 || strings.Join(svc["Type"], ",") != "notify" || strings.Join(svc["KillMode"], ",") != "process" {
+			return nil, fmt.Errorf("%s: ExecStart %q Type %q KillMode %q; this systemctl runs one ExecStart, Type=notify, KillMode=process", path, svc["ExecStart"], svc["Type"], svc["KillMode"])
+		}
+		u := &serviceUnit{path: path, execStart: strings.Fields(svc["ExecStart"][0])}
+		for _, f := range svc["EnvironmentFile"] {
+			u.envFiles = append(u.envFiles, strings.ReplaceAll(f, "%N", "kpki"))
+		}
+		return u, nil
+	}
+	return nil, errNoUnit
+}
+
+// parseUnitText returns the directives of a unit file as section -> key -> values.
+func parseUnitText(text string) (map[string]map[string][]string, error) {
+	out := map[string]map[string][]string{}
+	section := ""
+	for _, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = line[1 : len(line)-1]
+			if out[section] == nil {
+				out[section] = map[string][]string{}
+			}
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok || section == "" {
+				return nil, fmt.Errorf("line %q is not key=value inside a section", line)
+			}
+			out[section][k] = append(out[section][k], v)
+		}
+	}
+	return out, nil
+}
+
+// unitEnv reads the unit's EnvironmentFile= files in the namespace: KEY=VALUE lines, # and ;
+// comments, values optionally in quotes. A file named with a "-" prefix may be missing.
+func (h *pageHost) unitEnv(u *serviceUnit) ([]string, error) {
+	var env []string
+	for _, f := range u.envFiles {
+		optional := strings.HasPrefix(f, "-")
+		f = strings.TrimPrefix(f, "-")
+		data, err := os.ReadFile(h.nsRoot + f)
+		if optional && errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("EnvironmentFile %s: %w", f, err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";") {
+				continue
+			}
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				return nil, fmt.Errorf("EnvironmentFile %s: line %q is not KEY=VALUE", f, line)
+			}
+			if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+				v = v[1 : len(v)-1]
+			}
+			env = append(env, strings.TrimSpace(k)+"="+v)
+		}
+	}
+	return env, nil
 }
 
 func (h *pageHost) activeLocked() bool {
@@ -667,10 +805,13 @@ func (h *pageHost) startLocked() error {
 	if h.activeLocked() {
 		return nil
 	}
-	for _, f := range h.envFiles {
-		if _, err := os.Stat(h.nsRoot + f); err == nil {
-			return fmt.Errorf("EnvironmentFile %s exists in the namespace; this systemctl does not read environment files", f)
-		}
+	unit, err := h.loadUnitLocked()
+	if err != nil {
+		return err
+	}
+	unitEnv, err := h.unitEnv(unit)
+	if err != nil {
+		return err
 	}
 	n := len(h.runs) + 1
 	notifyPath := filepath.Join(h.sockDir, fmt.Sprintf("notify-%d", n))
@@ -694,7 +835,7 @@ func (h *pageHost) startLocked() error {
 		DataDir: filepath.Join(h.scratch, "var-lib-rancher", "kpki"),
 		IP:      loopback,
 		Ports:   h.ports,
-		Args:    h.execStart,
+		Args:    unit.execStart,
 		stderr:  filepath.Join(h.scratch, fmt.Sprintf("kpki-%d.stderr", n)),
 		stdout:  filepath.Join(h.scratch, fmt.Sprintf("kpki-%d.stdout", n)),
 		done:    make(chan struct{}),
@@ -710,8 +851,8 @@ func (h *pageHost) startLocked() error {
 		conn.Close()
 		return err
 	}
-	cmd := exec.Command("nsenter", append([]string{"--mount=" + h.nsMnt, "--wd=/", "--"}, h.execStart...)...)
-	cmd.Env = []string{"PATH=" + systemdPATH, "LANG=C.UTF-8", "NOTIFY_SOCKET=" + notifyPath}
+	cmd := exec.Command("nsenter", append([]string{"--mount=" + h.nsMnt, "--wd=/", "--"}, unit.execStart...)...)
+	cmd.Env = append([]string{"PATH=" + systemdPATH, "LANG=C.UTF-8", "NOTIFY_SOCKET=" + notifyPath}, unitEnv...)
 	cmd.Stdout, cmd.Stderr = outFile, errFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -735,7 +876,7 @@ func (h *pageHost) startLocked() error {
 		}
 		close(s.done)
 	}()
-	h.runs = append(h.runs, &unitRun{srv: s, notify: conn, msgs: msgs})
+	h.runs = append(h.runs, &unitRun{srv: s, env: cmd.Env, notify: conn, msgs: msgs})
 	deadline := time.After(readyTimeout)
 	for {
 		select {
@@ -946,8 +1087,10 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		t.Fatalf("the page stops and starts with %q and %q", stop, start)
 	}
 
+	// Installed and enabled as docs/operations.md says; configured in the default config file.
+	h.install(t)
 	h.writeConfig(t, "")
-	h.page(t, start)
+	h.page(t, "systemctl daemon-reload\nsystemctl enable --now kpki\n")
 	s, _ := h.started(t)
 	t.Run("first start", func(t *testing.T) {
 		for _, l := range serverLeaves(s.IP) {
@@ -1244,10 +1387,19 @@ install -m 0600 %[1]s/intermediate-ca.key /etc/ssl/private/
 	})
 	generated := readAll(t, tlsDir, customCAFiles)
 
+	// Installed, the token set in the unit's env file, configured, started.
+	h.install(t)
+	const password = "seed-page-custom-ca-secret"
+	if r := h.sh(t, "echo KPKI_TOKEN="+password+" >> /usr/local/lib/systemd/system/kpki.env"); r.code != 0 {
+		t.Fatalf("setting the token in kpki.env:\n%s", r)
+	}
 	h.writeConfig(t, "")
 	h.page(t, "systemctl start kpki")
 	s, _ := h.started(t)
 	t.Run("first start on the custom CAs", func(t *testing.T) {
+		if got := readTokenFile(t, dd, "token"); got != "K10"+derHash(root)+"::server:"+password {
+			t.Errorf("token %q, want K10<existing root hash>::server:<KPKI_TOKEN of kpki.env>", redact(got))
+		}
 		for f, b := range readAll(t, tlsDir, customCAFiles) {
 			if !bytes.Equal(b, generated[f]) {
 				t.Errorf("%s is not the file the script made: the custom CAs were not used", f)

@@ -92,6 +92,7 @@ var k3sScripts = map[string]string{
 var pageCurlRE = regexp.MustCompile(`curl -sL https://github\.com/k3s-io/k3s/raw/master/contrib/util/([A-Za-z0-9.-]+)`)
 
 type seedPage struct {
+	text    string
 	blocks  [][]string // as on the page
 	scripts map[string]string
 
@@ -101,7 +102,8 @@ type seedPage struct {
 
 func loadSeedPage(t *testing.T) *seedPage {
 	t.Helper()
-	p := &seedPage{blocks: parsePageBlocks(string(readFile(t, seedPageFile))), scripts: map[string]string{}, used: map[int]bool{}}
+	text := string(readFile(t, seedPageFile))
+	p := &seedPage{text: text, blocks: parsePageBlocks(text), scripts: map[string]string{}, used: map[int]bool{}}
 	for name, rel := range k3sScripts {
 		abs, err := filepath.Abs(rel)
 		if err != nil {
@@ -177,6 +179,17 @@ func (p *seedPage) block(t *testing.T, marker string) []string {
 		out = append(out, p.asKpki(t, l))
 	}
 	return out
+}
+
+// rotatableServices returns the page's list of the certificates that can be rotated, read as
+// kpki, comma-separated as --service takes it.
+func (p *seedPage) rotatableServices(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`The following certificates can be rotated:\s*\n\s*([a-z0-9, -]+)\.`).FindStringSubmatch(p.text)
+	if m == nil {
+		t.Fatalf("%s has no list of the certificates that can be rotated", seedPageFile)
+	}
+	return strings.ReplaceAll(strings.ReplaceAll(m[1], " ", ""), "rke2", "kpki")
 }
 
 // asKpki is the page line l with rke2 read as kpki and `curl -sL <K3s script URL>` replaced by
@@ -1145,6 +1158,22 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		t.Fatalf("page line %q has no <SERVICE>,<SERVICE> placeholder", serviceLine)
 	}
 	serviceLine = strings.Replace(serviceLine, "<SERVICE>,<SERVICE>", services, 1)
+	t.Run("every service the page lists is accepted", func(t *testing.T) {
+		all := p.rotatableServices(t)
+		if !strings.Contains(","+all+",", ",kpki-server,") || !strings.Contains(","+all+",", ",kpki-controller,") {
+			t.Fatalf("the page's list %q lacks kpki-server or kpki-controller", all)
+		}
+		before := hashTree(t, dd)
+		r := h.page(t, "kpki certificate rotate --dry-run --service "+all)
+		for _, l := range serverLeaves(s.IP) {
+			// client-supervisor is kpki's own "supervisor" service (SPEC §2), not on the page.
+			listed := l.file != "client-supervisor"
+			if got := strings.Contains(r.stdout, "/"+l.file+".crt\n"); got != listed {
+				t.Errorf("the dry run of the page's services: rotates %s %v, want %v:\n%s", l.file, got, listed, r)
+			}
+		}
+		assertTreeUnchanged(t, "certificate rotate --dry-run", before, hashTree(t, dd))
+	})
 	oldLeaves = snapshotLeaves(t, s)
 	oldTLS = hashTree(t, tlsDir)
 	from = time.Now()
@@ -1163,6 +1192,11 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 				}
 			case !bytes.Equal(cur.crt, old.crt) || !bytes.Equal(cur.key, old.key):
 				t.Errorf("%s changed; --service %s rotates only %v", l.file, services, want)
+			}
+		}
+		for f, b := range readAll(t, tlsDir, customCAFiles) {
+			if !bytes.Equal(b, oldCAs[f]) {
+				t.Errorf("certificate rotate --service changed the CA file %s", f)
 			}
 		}
 	})

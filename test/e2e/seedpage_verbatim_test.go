@@ -33,9 +33,15 @@ import (
 // --data-dir nor --config on any command line. The blocks are read from the page; the only
 // changes made to them are rke2 → kpki, `curl -sL <K3s repo>/<script>` → `cat testdata/<script>`
 // (the openssl versions of the two K3s scripts, written for this project: gen-custom-ca.sh and
-// rotate-default-ca.sh), and the page's `<SERVICE>,<SERVICE>` placeholder filled in. After each
-// step the outcome is checked the way seed_test.go does: openssl chains, the bootstrap record in
-// etcd, token files and printed tokens, re-issued leaves, the service-account keys.
+// rotate-default-ca.sh), and the page's `<SERVICE>,<SERVICE>` placeholder filled in. The page's
+// prose steps are run as the commands it names: `systemctl restart kpki` after a rotate-ca, and
+// for a new root the custom-CA rotation block without the copy of the old root, with rotate-ca
+// refused and then run with `--force`. Between the page's procedures the walks also run kpki's
+// own commands at the defaults: `certificate check`, `token show`, `token rotate`,
+// `certificate cross-sign-ca` and the rotate-ca command it prints, and a `certificate rotate`
+// without the stop. After each step the outcome is checked the way seed_test.go does: openssl
+// chains, the bootstrap record in etcd, token files and printed tokens, re-issued leaves, the
+// service-account keys.
 //
 // Default paths without touching the host: each walk runs in a private mount namespace
 // (`unshare --mount --propagation private`, held open by a sleeping process). In it /etc,

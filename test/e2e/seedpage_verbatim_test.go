@@ -352,6 +352,7 @@ type pageHost struct {
 
 type unitRun struct {
 	srv    *kpkiServer
+	unit   string // the unit file it was started from
 	env    []string
 	notify *net.UnixConn
 	msgs   chan string
@@ -481,7 +482,13 @@ func (h *pageHost) install(t *testing.T) {
 	if !bytes.Equal(a, b) {
 		t.Fatalf("/usr/local/bin/kpki in the namespace is not the binary under test")
 	}
+	if !bytes.Equal(readFile(t, h.nsRoot+installedUnit), readFile(t, unitPath(t, "kpki.service"))) {
+		t.Fatalf("%s in the namespace is not dist/systemd/kpki.service", installedUnit)
+	}
 }
+
+// installedUnit is where `make install` puts kpki.service.
+const installedUnit = "/usr/local/lib/systemd/system/kpki.service"
 
 // dataDir is the host path of /var/lib/rancher/kpki.
 func (h *pageHost) dataDir(t *testing.T) string { return h.host(t, nsDataDir) }
@@ -565,8 +572,8 @@ func (h *pageHost) server(t *testing.T) *kpkiServer {
 		t.Fatalf("kpki.service is not running; systemctl calls: %q%s", h.calls, h.lastLogLocked())
 	}
 	run := h.runs[len(h.runs)-1]
-	if !slices.Equal(run.srv.Args, []string{"/usr/local/bin/kpki", "server"}) {
-		t.Fatalf("kpki.service runs %q, want /usr/local/bin/kpki server", run.srv.Args)
+	if run.unit != installedUnit || !slices.Equal(run.srv.Args, []string{"/usr/local/bin/kpki", "server"}) {
+		t.Fatalf("kpki runs as %q from %s, want /usr/local/bin/kpki server from %s", run.srv.Args, run.unit, installedUnit)
 	}
 	for _, kv := range run.env {
 		if strings.HasPrefix(kv, "KPKI_DATA_DIR=") || strings.HasPrefix(kv, "KPKI_CONFIG=") {
@@ -903,7 +910,7 @@ func (h *pageHost) startLocked() error {
 		}
 		close(s.done)
 	}()
-	h.runs = append(h.runs, &unitRun{srv: s, env: cmd.Env, notify: conn, msgs: msgs})
+	h.runs = append(h.runs, &unitRun{srv: s, unit: unit.path, env: cmd.Env, notify: conn, msgs: msgs})
 	deadline := time.After(readyTimeout)
 	for {
 		select {

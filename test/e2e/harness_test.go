@@ -58,6 +58,9 @@ func TestMain(m *testing.M) {
 	if argv := os.Getenv(measureEnv); argv != "" {
 		os.Exit(measureChild(argv))
 	}
+	if sock := os.Getenv(systemctlShimEnv); sock != "" {
+		os.Exit(systemctlShim(sock, os.Args[1:]))
+	}
 	os.Exit(runTests(m))
 }
 

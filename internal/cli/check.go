@@ -65,7 +65,7 @@ file. -o json and -o yaml always hold every certificate, with a summary object.`
 			if err := certcheck.Render(cmd.OutOrStdout(), rows, format, all); err != nil {
 				return fmt.Errorf("write report: %w", err)
 			}
-			return certcheck.Check(rows, threshold)
+			return certcheck.Check(rows, threshold, all || format == certcheck.FormatJSON || format == certcheck.FormatYAML)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)

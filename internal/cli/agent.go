@@ -13,6 +13,7 @@ func newAgentCmd() *cobra.Command {
 	cfg := agent.Defaults()
 	cfg.RetryDeadline = 2 * time.Minute
 	var once bool
+	var tokenFile string
 	var servers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -29,7 +30,10 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 (a wrong token, a CA that does not match the token's hash) are not repeated.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applySources(cmd)
+			if err := applySources(cmd); err != nil {
+				return err
+			}
+			return applyTokenFile(cmd, tokenFile, &cfg.Token)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.ServerURL = strings.Join(servers, ",")
@@ -49,6 +53,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	configFlag(cmd)
 	f.StringSliceVarP(&servers, "server", "s", nil, "URL of a kpki server's supervisor, https://host:9345 (env KPKI_URL); repeat it or give a comma-separated list to fail over between servers")
 	f.StringVarP(&cfg.Token, "token", "t", "", "join token: K10<ca-hash>::<user>:<password>, or a short token (no CA pinning)")
+	tokenFileFlag(cmd, &tokenFile)
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")
 	f.StringSliceVar(&cfg.NodeIPs, "node-ip", nil, "node IP address, a SAN of the kubelet serving certificate (repeatable)")
 	f.IntVar(&cfg.APIServerPort, "api-server-port", cfg.APIServerPort, "kube-apiserver port, on the --server host, written into the kubeconfigs")

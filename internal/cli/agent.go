@@ -37,7 +37,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.ServerURL = strings.Join(servers, ",")
-			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd.ErrOrStderr())})
+			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd)})
 			if err != nil {
 				return err
 			}
@@ -61,5 +61,6 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running agent checks for certificates to renew")
 	f.DurationVar(&cfg.RetryDeadline, "retry-deadline", cfg.RetryDeadline, "how long a pass that fails with a transient error (server unreachable, 5xx, timeout) is repeated; 0: try each server once")
 	f.BoolVar(&once, "once", false, "run one pass (join or renew) and exit")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", `serve Prometheus metrics (the node's certificate expiry, passes, signed certificates) over plain HTTP at http://<host:port>/metrics; "" (the default) serves none; --once serves none either`)
 	return cmd
 }

@@ -20,7 +20,7 @@ func newServerCmd() *cobra.Command {
 			return applyTokenFile(cmd, tokenFile, &cfg.Token)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := server.New(cfg, server.Options{Log: newLogger(cmd.ErrOrStderr())})
+			s, err := server.New(cfg, server.Options{Log: newLogger(cmd)})
 			if err != nil {
 				return err
 			}

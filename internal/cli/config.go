@@ -84,6 +84,7 @@ func applySources(cmd *cobra.Command) error {
 // applySourcesTo is applySources; it returns the config file read ("" when none) and
 // appends the variables and the config keys it used to fromEnv and fromFile.
 func applySourcesTo(cmd *cobra.Command, fromEnv, fromFile *[]string) (string, error) {
+	recordCmdline(cmd)
 	flags := cmd.Flags()
 	for _, f := range allFlags(flags) {
 		if f.Changed || f.Name == "config" {

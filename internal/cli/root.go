@@ -27,8 +27,13 @@ func Execute(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "kpki: %s\n", oneLine(err.Error()))
+	if cmd, err := root.ExecuteContextC(ctx); err != nil {
+		msg := err.Error()
+		if cmd != nil {
+			local, supervisor := suggestedFlags(cmd)
+			msg = addCommandFlags(msg, local, supervisor)
+		}
+		fmt.Fprintf(stderr, "kpki: %s\n", oneLine(msg))
 		if ec, ok := err.(interface{ ExitCode() int }); ok {
 			return ec.ExitCode()
 		}
@@ -84,7 +89,11 @@ func newLogger(cmd *cobra.Command) *slog.Logger {
 	if debugOn(cmd) {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	h := slog.Handler(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	if local, supervisor := suggestedFlags(cmd); local != "" || supervisor != "" {
+		h = commandFlagsHandler{h, local, supervisor}
+	}
+	return slog.New(h)
 }
 
 // debugOn reports whether --debug is set for cmd.

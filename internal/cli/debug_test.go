@@ -58,3 +58,22 @@ func TestDebugFlag(t *testing.T) {
 		})
 	}
 }
+
+// TestDebugClientCommands: token rotate and rotate-ca log the supervisor they talk to at
+// debug level, and never the new token.
+func TestDebugClientCommands(t *testing.T) {
+	const secret = "debug-new-token-secret"
+	stage := t.TempDir()
+	for _, args := range [][]string{
+		{"token", "rotate", "--debug", "--server", "https://127.0.0.1:1", "--new-token", secret},
+		{"certificate", "rotate-ca", "--debug", "--server", "https://127.0.0.1:1", "--path", stage},
+	} {
+		code, stderr, _ := runIsolated(t, nil, args...)
+		if code != 1 || !strings.Contains(stderr, "level=DEBUG") || !strings.Contains(stderr, "server=https://127.0.0.1:1") {
+			t.Errorf("kpki %v: exit %d, stderr %q; want a debug line naming the server", args, code, stderr)
+		}
+		if strings.Contains(stderr, secret) {
+			t.Errorf("kpki %v logged the new token:\n%s", args, stderr)
+		}
+	}
+}

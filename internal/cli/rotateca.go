@@ -43,6 +43,7 @@ nodes afterwards, servers first, then agents.`,
 			if err != nil {
 				return err
 			}
+			newLogger(cmd).Debug("sending the staged CA files to the server", "server", u, "path", path, "dry-run", dryRun, "force", force)
 			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, path, force, dryRun, output)
 		},
 	}

@@ -93,6 +93,7 @@ agent password.`,
 			if err != nil {
 				return err
 			}
+			newLogger(cmd).Debug("asking the server to rotate the server token", "server", u, "new-token-given", newToken != "")
 			c, err := serverClient(dataDir, u)
 			if err != nil {
 				return err

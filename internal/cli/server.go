@@ -8,7 +8,7 @@ import (
 
 func newServerCmd() *cobra.Command {
 	cfg := server.Defaults()
-	var tokenFile string
+	var tokenFile, agentTokenFile string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a kpki server: create or join the cluster PKI, serve it, renew it",
@@ -17,7 +17,10 @@ func newServerCmd() *cobra.Command {
 			if err := applySources(cmd); err != nil {
 				return err
 			}
-			return applyTokenFile(cmd, tokenFile, &cfg.Token)
+			if err := applyTokenFile(cmd, tokenFile, &cfg.Token); err != nil {
+				return err
+			}
+			return applySecretFile(cmd, "agent-token", agentTokenFile, &cfg.AgentToken)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := server.New(cfg, server.Options{Log: newLogger(cmd)})
@@ -33,6 +36,7 @@ func newServerCmd() *cobra.Command {
 	f.StringVarP(&cfg.Token, "token", "t", "", "cluster token (generated on the first server when empty)")
 	tokenFileFlag(cmd, &tokenFile)
 	f.StringVar(&cfg.AgentToken, "agent-token", "", "token agents join with (a distinct random password by default; never the server token's)")
+	f.StringVar(&agentTokenFile, "agent-token-file", "", "file holding the agent token (surrounding whitespace ignored; env KPKI_AGENT_TOKEN_FILE); not with --agent-token")
 	f.StringVarP(&cfg.ServerURL, "server", "s", "", "URL of an existing server to join")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra hostname or IP for the serving certificates (repeatable)")
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")

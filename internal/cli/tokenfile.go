@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 
@@ -23,26 +22,34 @@ func tokenFileFlag(cmd *cobra.Command, p *string) {
 // not a regular file (or a symlink to one) or a file holding no token. The error never
 // quotes the file's content.
 func applyTokenFile(cmd *cobra.Command, path string, token *string) error {
+	return applySecretFile(cmd, "token", path, token)
+}
+
+// applySecretFile sets *value from the file named by --<flag>-file, as applyTokenFile
+// does for --token.
+func applySecretFile(cmd *cobra.Command, flag, path string, value *string) error {
 	if path == "" {
 		return nil
 	}
-	if f := cmd.Flags().Lookup("token"); f != nil && f.Changed && *token != "" {
-		return errors.New("--token and --token-file are mutually exclusive (flags, KPKI_TOKEN/KPKI_TOKEN_FILE or the config file's token/token-file): give only one")
+	fileFlag := flag + "-file"
+	if f := cmd.Flags().Lookup(flag); f != nil && f.Changed && *value != "" {
+		return fmt.Errorf("--%s and --%s are mutually exclusive (flags, %s/%s or the config file's %s/%s): give only one",
+			flag, fileFlag, envName(flag), envName(fileFlag), flag, fileFlag)
 	}
 	data, err := datadir.ReadRegular(path, maxTokenFile)
 	if err != nil {
-		return fmt.Errorf("--token-file: %w", err)
+		return fmt.Errorf("--%s: %w", fileFlag, err)
 	}
 	if data == nil {
-		return fmt.Errorf("--token-file %s does not exist", path)
+		return fmt.Errorf("--%s %s does not exist", fileFlag, path)
 	}
 	t := strings.TrimSpace(string(data))
 	if t == "" {
-		return fmt.Errorf("--token-file %s is empty", path)
+		return fmt.Errorf("--%s %s is empty", fileFlag, path)
 	}
 	if strings.ContainsAny(t, "\r\n") {
-		return fmt.Errorf("--token-file %s holds more than one line; it must hold the token alone", path)
+		return fmt.Errorf("--%s %s holds more than one line; it must hold the token alone", fileFlag, path)
 	}
-	*token = t
+	*value = t
 	return nil
 }

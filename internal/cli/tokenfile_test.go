@@ -77,6 +77,9 @@ func TestTokenFile(t *testing.T) {
 		{"two lines", nil, []string{"agent", "--token-file", twoLines}, "holds more than one line"},
 		{"a directory", nil, []string{"server", "--token-file", dir}, dir + " is a directory, not a regular file"},
 		{"a FIFO", nil, []string{"agent", "--token-file", fifo}, fifo + " is a named pipe (FIFO), not a regular file"},
+		{"server: both agent token flags", nil, []string{"server", "--agent-token", "tokenfile-secret", "--agent-token-file", good}, "--agent-token and --agent-token-file are mutually exclusive (flags, KPKI_AGENT_TOKEN/KPKI_AGENT_TOKEN_FILE"},
+		{"server: empty agent token file", nil, []string{"server", "--agent-token-file", empty}, "--agent-token-file " + empty + " is empty"},
+		{"server: agent token file a FIFO", nil, []string{"server", "--agent-token-file", fifo}, "--agent-token-file: " + fifo + " is a named pipe (FIFO)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, stderr, dd := runIsolated(t, tc.env, tc.args...)

@@ -95,7 +95,7 @@ func secretsOf(t *testing.T, passwords []string, dirs ...string) []string {
 }
 
 // TestAgentMetricsTokenFileDebug: a server and an agent take their tokens from files
-// (--token-file, whitespace around the token ignored) and run with --debug; the agent serves
+// (--token-file and the server's --agent-token-file, whitespace around the token ignored) and run with --debug; the agent serves
 // --metrics-address, whose expiry samples are the NotAfter openssl reads from each of its
 // certificate files, and counts what the server signed. At debug level, after a wrong
 // password and a garbage TLS handshake at the supervisor, no log of either process holds a
@@ -107,12 +107,18 @@ func TestAgentMetricsTokenFileDebug(t *testing.T) {
 	const serverPassword = "e2e-token-file-server-password"
 	serverTokenFile := filepath.Join(dir, "server-token")
 	writeFile(t, serverTokenFile, []byte("\n  "+serverPassword+" \t\n"), 0o600)
+	const agentPasswordGiven = "e2e-agent-token-file-password"
+	agentGivenFile := filepath.Join(dir, "agent-token-given")
+	writeFile(t, agentGivenFile, []byte(agentPasswordGiven+"\n"), 0o600)
 	dd := filepath.Join(dir, "server")
-	s := startServer(t, dd, "--token-file", serverTokenFile, "--debug")
+	s := startServer(t, dd, "--token-file", serverTokenFile, "--agent-token-file", agentGivenFile, "--debug")
 	s.WaitReady(t)
 	written := strings.TrimSpace(string(readFile(t, filepath.Join(dd, "server", "token"))))
 	if !strings.HasSuffix(written, "::server:"+serverPassword) {
 		t.Fatalf("the server token %q does not carry the password of --token-file", written)
+	}
+	if a := agentToken(t, s); !strings.HasSuffix(a, "::node:"+agentPasswordGiven) {
+		t.Fatalf("the agent token %q does not carry the password of --agent-token-file", a)
 	}
 	// --token and --token-file together: refused, nothing started.
 	r := runKpki(t, nil, "server", "--data-dir", filepath.Join(dir, "other"), "--token", "x", "--token-file", serverTokenFile)

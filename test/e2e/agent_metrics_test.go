@@ -205,6 +205,9 @@ func TestAgentMetricsTokenFileDebug(t *testing.T) {
 	p.stop(t)
 	s.Stop(t)
 
+	if !regexp.MustCompile(`level=DEBUG msg=request method=GET path=/v1-kpki/server-bootstrap user=server remote=\S+ status=401`).MatchString(s.Stderr()) {
+		t.Errorf("the server did not log the refused request at debug level:\n%s", s.tail(40))
+	}
 	nodePassword := strings.TrimSpace(string(readFile(t, filepath.Join(add, "agent", "node-password"))))
 	_, agentPassword, _ := strings.Cut(strings.TrimPrefix(agentTok, "K10"), "::node:")
 	secrets := secretsOf(t, []string{serverPassword, agentPassword, nodePassword}, dd, add)

@@ -24,6 +24,8 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
+	"github.com/kpki/kpki/internal/httplimit"
+	"github.com/kpki/kpki/internal/metrics"
 	"github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/sdnotify"
@@ -62,6 +64,9 @@ type Config struct {
 	// (a server unreachable or answering 5xx, a timeout), with growing waits and moving
 	// through the server URLs. 0: every server is tried once, without waiting.
 	RetryDeadline time.Duration
+	// MetricsAddress is where Run serves Prometheus metrics (host:port, plain HTTP at
+	// /metrics); "" serves none. RunOnce never serves them.
+	MetricsAddress string
 }
 
 // Defaults returns the default configuration.
@@ -128,7 +133,12 @@ type Agent struct {
 
 	sleep  func(ctx context.Context, d time.Duration) error
 	jitter func(d time.Duration) time.Duration
+
+	metrics *metrics.Agent
 }
+
+// Metrics returns the agent's metrics, which Run serves on the metrics address.
+func (a *Agent) Metrics() *metrics.Agent { return a.metrics }
 
 // ParseServerURL checks that s is https://host[:port] (a trailing slash allowed) and
 // returns it reduced to scheme and host.
@@ -148,7 +158,7 @@ func ParseServerURL(s string) (*url.URL, error) {
 
 // New validates cfg. It reads nothing from disk and contacts nothing.
 func New(cfg Config, opts Options) (*Agent, error) {
-	a := &Agent{cfg: cfg, log: opts.Log, clock: opts.Clock, onPass: opts.OnPass, jitter: jitter}
+	a := &Agent{cfg: cfg, log: opts.Log, clock: opts.Clock, onPass: opts.OnPass, jitter: jitter, metrics: metrics.NewAgent()}
 	if a.log == nil {
 		a.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
@@ -223,6 +233,13 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if cfg.RetryDeadline < 0 {
 		bad("--retry-deadline %s must not be negative", cfg.RetryDeadline)
 	}
+	if cfg.MetricsAddress != "" {
+		if _, port, err := net.SplitHostPort(cfg.MetricsAddress); err != nil {
+			bad("--metrics-address %q must be host:port: %v", cfg.MetricsAddress, err)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			bad("--metrics-address %q: port %q is not a port number", cfg.MetricsAddress, port)
+		}
+	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
@@ -260,6 +277,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.lockIfPresent(); err != nil {
 		return err
 	}
+	stopMetrics, err := a.serveMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	a.log.Info("kpki agent starting", "server", a.serverList(), "node", a.nodeName, "data-dir", a.layout.Agent())
 	retry := time.Duration(0)
 	ready := false
@@ -269,6 +291,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.stopping()
 			return nil
 		}
+		a.recordPass(res, err)
 		if err == nil && !ready {
 			ready = true
 			if _, err := sdnotify.Notify(sdnotify.Ready); err != nil {
@@ -318,7 +341,61 @@ func (a *Agent) RunOnce(ctx context.Context) (Result, error) {
 	if err != nil && ctx.Err() != nil {
 		return res, fmt.Errorf("interrupted before the pass completed: %w", err)
 	}
+	a.recordPass(res, err)
 	return res, err
+}
+
+// serveMetrics starts the metrics listener when a metrics address is set; the
+// function it returns stops it and waits for it.
+func (a *Agent) serveMetrics(ctx context.Context) (func(), error) {
+	if a.cfg.MetricsAddress == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddress)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %s is not available: %w", a.cfg.MetricsAddress, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.metrics.Serve(ctx, ln, httplimit.Default()); err != nil {
+			a.log.Error("metrics listener failed", "address", a.cfg.MetricsAddress, "error", err)
+		}
+	}()
+	a.log.Info("serving metrics", "address", "http://"+ln.Addr().String()+"/metrics")
+	return func() { cancel(); <-done }, nil
+}
+
+// recordPass updates the metrics after a pass: its result, what the server signed, and
+// the expiry of every certificate file of the node as it now is on disk.
+func (a *Agent) recordPass(res Result, err error) {
+	m := a.metrics
+	if err != nil {
+		m.Passes.WithLabelValues("error").Inc()
+	} else {
+		m.Passes.WithLabelValues("ok").Inc()
+		m.LastSuccess.Set(float64(a.clock.Now().Unix()))
+	}
+	m.Signed.WithLabelValues("issue").Add(float64(len(res.Issued)))
+	m.Signed.WithLabelValues("renew").Add(float64(len(res.Renewed)))
+	m.CertExpiry.Reset()
+	files := []string{a.layout.Agent(ServerCAFile), a.layout.Agent(ClientCAFile)}
+	for _, l := range certs.Select(certs.AgentNode, nil) {
+		crt, _ := a.leafFiles(l)
+		files = append(files, crt)
+	}
+	for _, f := range files {
+		data, err := datadir.ReadOptional(f)
+		if err != nil || data == nil {
+			continue
+		}
+		list, err := pki.ParseCerts(data)
+		if err != nil || len(list) == 0 {
+			continue
+		}
+		metrics.SetCertExpiry(m.CertExpiry, f, list[0])
+	}
 }
 
 // lockIfPresent takes the agent lock when the agent directory already exists; a first

@@ -27,6 +27,7 @@ const fileMode fs.FileMode = 0o600
 func (a *Agent) pass(ctx context.Context) (Result, error) {
 	var res Result
 
+	a.log.Debug("certificate pass", "server", a.base.String(), "node", a.nodeName)
 	tr, err := a.fetchTrust(ctx)
 	if err != nil {
 		return res, err
@@ -218,6 +219,9 @@ func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, wan
 	}
 	switch d.Action {
 	case certs.Keep:
+		if d.Cert != nil {
+			a.log.Debug("certificate is current", "file", crt, "expires", d.Cert.NotAfter.UTC(), "renew-from", d.Cert.NotAfter.Add(-a.renewBefore).UTC())
+		}
 		return nil
 	case certs.Rebundle:
 		if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), fileMode); err != nil {
@@ -245,6 +249,7 @@ func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, wan
 	if err != nil {
 		return err
 	}
+	a.log.Debug("asking the server to sign a certificate", "file", crt, "reason", d.Reason, "new-key", d.Action == certs.Issue, "server", c.BaseURL)
 	body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
 	if err != nil {
 		return err

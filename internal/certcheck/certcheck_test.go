@@ -383,11 +383,11 @@ func TestCollectMissingFiles(t *testing.T) {
 	}
 	for _, th := range []FailOn{FailOnWarning, FailOnExpired} {
 		var fe *FailedError
-		if err := Check(rows, th); !errors.As(err, &fe) || fe.Failed != len(gone) {
+		if err := Check(rows, th, true); !errors.As(err, &fe) || fe.Failed != len(gone) {
 			t.Errorf("--fail-on %s: %v, want %d failures", th, err, len(gone))
 		}
 	}
-	if err := Check(rows, FailNever); err != nil {
+	if err := Check(rows, FailNever, false); err != nil {
 		t.Errorf("no threshold: %v", err)
 	}
 
@@ -566,7 +566,7 @@ func TestCollectCorruptFiles(t *testing.T) {
 	if len(rows) != serverCertCount()-4 {
 		t.Errorf("got %d rows, want %d", len(rows), serverCertCount()-4)
 	}
-	if err := Check(rows, FailOnExpired); err == nil {
+	if err := Check(rows, FailOnExpired, false); err == nil {
 		t.Error("corrupt files pass --fail-on expired")
 	}
 }
@@ -590,7 +590,7 @@ func TestFailOn(t *testing.T) {
 			if got := tt.failOn.Fails(s); got != want {
 				t.Errorf("--fail-on %q, status %s: fails = %v, want %v", tt.failOn, s, got, want)
 			}
-			err := Check([]Row{{Status: StatusOK}, {Status: s}, {Status: StatusOK}}, tt.failOn)
+			err := Check([]Row{{Status: StatusOK}, {Status: s}, {Status: StatusOK}}, tt.failOn, false)
 			if (err != nil) != want {
 				t.Errorf("--fail-on %q, status %s: Check = %v", tt.failOn, s, err)
 			}
@@ -605,7 +605,7 @@ func TestFailOn(t *testing.T) {
 			}
 		}
 	}
-	err := Check([]Row{{Status: StatusExpired}, {Status: StatusWarning}, {Status: StatusError}, {Status: StatusOK}}, FailOnWarning)
+	err := Check([]Row{{Status: StatusExpired}, {Status: StatusWarning}, {Status: StatusError}, {Status: StatusOK}}, FailOnWarning, true)
 	if err == nil || err.Error() != "3 of 4 certificates failed the check (--fail-on warning)" {
 		t.Errorf("Check = %v", err)
 	}

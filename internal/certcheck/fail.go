@@ -38,34 +38,57 @@ func (f FailOn) Fails(s Status) bool {
 }
 
 // FailedError is the error of a check that found certificates at or past the
-// threshold. Its exit code is 1.
+// threshold. Its exit code is 1. Failed and Total count the rows the report showed (the
+// folded table unless --all or -o json/yaml); AllFailed and AllTotal count every
+// certificate of every file, which differ when a failing CA certificate is bundled in
+// several files.
 type FailedError struct {
-	Failed int
-	Total  int
-	FailOn FailOn
+	Failed    int
+	Total     int
+	AllFailed int
+	AllTotal  int
+	FailOn    FailOn
 }
 
 func (e *FailedError) Error() string {
-	noun := "certificates"
-	if e.Total == 1 {
-		noun = "certificate"
+	msg := fmt.Sprintf("%d of %d %s failed the check (--fail-on %s)", e.Failed, e.Total, plural(e.Total), e.FailOn)
+	if e.AllFailed != e.Failed {
+		msg += fmt.Sprintf("; counting each file's copy of a CA certificate, %d of %d (--all lists them)", e.AllFailed, e.AllTotal)
 	}
-	return fmt.Sprintf("%d of %d %s failed the check (--fail-on %s)", e.Failed, e.Total, noun, e.FailOn)
+	return msg
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return "certificate"
+	}
+	return "certificates"
 }
 
 // ExitCode is the process exit code for a failed check.
 func (e *FailedError) ExitCode() int { return 1 }
 
-// Check returns a *FailedError when any row fails threshold f, nil otherwise.
-func Check(rows []Row, f FailOn) error {
-	n := 0
-	for _, r := range rows {
-		if f.Fails(r.Status) {
-			n++
+// Check returns a *FailedError when any row fails threshold f, nil otherwise. all says
+// whether the report listed every row (--all, -o json, -o yaml) or the folded ones
+// (Fold): the error counts the rows listed, and every certificate when that differs.
+func Check(rows []Row, f FailOn, all bool) error {
+	count := func(rs []Row) int {
+		n := 0
+		for _, r := range rs {
+			if f.Fails(r.Status) {
+				n++
+			}
 		}
+		return n
 	}
+	n := count(rows)
 	if n == 0 {
 		return nil
 	}
-	return &FailedError{Failed: n, Total: len(rows), FailOn: f}
+	e := &FailedError{Failed: n, Total: len(rows), AllFailed: n, AllTotal: len(rows), FailOn: f}
+	if !all {
+		shown := Fold(rows)
+		e.Failed, e.Total = count(shown), len(shown)
+	}
+	return e
 }

@@ -3,6 +3,7 @@ package certcheck
 import (
 	"bytes"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -143,6 +144,45 @@ func TestRenderTableFolded(t *testing.T) {
 			}
 			if counts[StatusWarning] == 0 || counts[StatusOK] == 0 {
 				t.Errorf("fixture should have OK and WARNING rows: %v", counts)
+			}
+
+			// --fail-on counts the rows of the table, and names every certificate's
+			// count besides when a failing CA is bundled in several files (all CAs are
+			// WARNING within a CA window as long as their validity).
+			caRowsWarn, err := Collect(Options{DataDir: f.dir, Now: now, RenewBefore: renewWindow, CAWarnBefore: caValidity})
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf.Reset()
+			if err := Render(&buf, caRowsWarn, FormatTable, false); err != nil {
+				t.Fatal(err)
+			}
+			shown := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
+			shown = shown[1 : len(shown)-1]
+			shownWarn, allWarn := 0, 0
+			for _, line := range shown {
+				if strings.HasSuffix(line, string(StatusWarning)) {
+					shownWarn++
+				}
+			}
+			for _, r := range caRowsWarn {
+				if r.Status == StatusWarning {
+					allWarn++
+				}
+			}
+			if allWarn == shownWarn {
+				t.Errorf("fixture should bundle a WARNING CA in several files (%d WARNING rows, %d certificates)", shownWarn, allWarn)
+			}
+			err = Check(caRowsWarn, FailOnWarning, false)
+			var fe *FailedError
+			wantMsg := fmt.Sprintf("%d of %d certificates failed the check (--fail-on warning); counting each file's copy of a CA certificate, %d of %d (--all lists them)",
+				shownWarn, len(shown), allWarn, len(caRowsWarn))
+			if !errors.As(err, &fe) || err.Error() != wantMsg {
+				t.Errorf("Check = %v, want %q", err, wantMsg)
+			}
+			err = Check(caRowsWarn, FailOnWarning, true)
+			if want := fmt.Sprintf("%d of %d certificates failed the check (--fail-on warning)", allWarn, len(caRowsWarn)); err == nil || err.Error() != want {
+				t.Errorf("Check with every row listed = %v, want %q", err, want)
 			}
 
 			// --all lists every certificate of every file.

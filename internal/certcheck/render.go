@@ -39,11 +39,13 @@ func ParseFormat(s string) (Format, error) {
 	return "", fmt.Errorf("unknown output format %q; valid formats: %s", s, strings.Join(names, ", "))
 }
 
-// TableHeader is the header row of the table format.
-var TableHeader = []string{"SERVICE", "FILENAME", "SUBJECT", "ISSUER", "USAGES", "EXPIRES", "LEFT", "STATUS"}
+// TableHeader is the header row of the table format. The usages are left to the text,
+// json and yaml formats: a leaf file's name says whether it is a client or a serving
+// certificate, and the CA rows are the rows of service "ca".
+var TableHeader = []string{"SERVICE", "FILENAME", "SUBJECT", "ISSUER", "EXPIRES", "LEFT", "STATUS"}
 
 // TableWidth is the widest line of a table row: long file names, subjects and issuers
-// are shortened, with "…" in place of the cut, to keep every row within it.
+// are shortened (see shortName), with "…" in place of the cut, to keep every row within it.
 const TableWidth = 120
 
 // Summary is the last line of the table and text formats and the "summary" object of
@@ -154,7 +156,7 @@ func dateOf(rfc3339 string) string {
 //
 //   - table: a header and one aligned row per certificate (columns separated by at
 //     least two spaces; an empty cell shows "-"; subject and issuer by their common
-//     name; every line at most TableWidth characters), then, after a blank line, one
+//     name, shortened by shortName; every line at most TableWidth characters), then, after a blank line, one
 //     "<file>: <STATUS>: <message>" line for each row that carries a message (the
 //     reason of every MISSING and ERROR row), then the summary line.
 //   - text: one line per certificate, "<file>: <STATUS>; subject …; issuer …; usages …;
@@ -212,18 +214,49 @@ func commonName(dn string) string {
 	return dn
 }
 
-var usageShort = map[string]string{"CertSign": "CA", "ServerAuth": "server", "ClientAuth": "client"}
-
-func shortUsages(us []string) string {
-	out := make([]string, len(us))
-	for i, u := range us {
-		if s, ok := usageShort[u]; ok {
-			out[i] = s
-		} else {
-			out[i] = u
+// shortName fits a subject or issuer common name into n runes for the table. A name
+// that fits is kept. A CA name of kpki's form <prefix>-<family>-<role>@<unix time>
+// ("kpki-request-header-root@1796194155") first loses the "kpki-" prefix, then the middle
+// of its family, always keeping the role and the time: the rows of two generations of a
+// CA, or of a root and its intermediate, stay apart. Any other name is cut in its middle.
+func shortName(cn string, n int) string {
+	if runeLen(cn) <= n {
+		return cn
+	}
+	at := strings.LastIndex(cn, "@")
+	if at <= 0 || !allDigits(cn[at+1:]) {
+		return elide(cn, n)
+	}
+	name, stamp := cn[:at], cn[at:]
+	if trimmed, ok := strings.CutPrefix(name, "kpki-"); ok && trimmed != "" {
+		name = trimmed
+		if runeLen(name)+len(stamp) <= n {
+			return name + stamp
 		}
 	}
-	return strings.Join(out, ",")
+	keep := stamp
+	if i := strings.LastIndex(name, "-"); i > 0 {
+		keep = name[i:] + stamp
+		name = name[:i]
+	}
+	room := n - runeLen(keep) - 1
+	if room < 1 {
+		return elide(cn, n)
+	}
+	r := []rune(name)
+	if len(r) > room {
+		r = r[:room]
+	}
+	return string(r) + "…" + keep
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return s != ""
 }
 
 // elide shortens s to n runes by replacing its middle with "…" (both ends carry
@@ -241,13 +274,21 @@ func elide(s string, n int) string {
 	return string(r[:head]) + "…" + string(r[len(r)-tail:])
 }
 
-// elideHead shortens s to n runes by replacing its start with "…".
-func elideHead(s string, n int) string {
-	r := []rune(s)
-	if len(r) <= n || n < 2 {
-		return elide(s, n)
+// shortFile fits a file name into n runes for the table: a directory that the base name
+// repeats is dropped first ("kube-scheduler/kube-scheduler.crt" as "…/kube-scheduler.crt"),
+// then the middle of the name is cut, which keeps both the "client-" or "serving-" prefix
+// (or the "etcd/" directory) and the end of the name.
+func shortFile(name string, n int) string {
+	if runeLen(name) <= n {
+		return name
 	}
-	return "…" + string(r[len(r)-n+1:])
+	if dir, base, ok := strings.Cut(name, "/"); ok && strings.HasPrefix(base, dir) {
+		if runeLen(base)+2 <= n {
+			return "…/" + base
+		}
+		return elide(base, n)
+	}
+	return elide(name, n)
 }
 
 // serverTLSPrefix is left out of the table's file names: a server file is named
@@ -259,13 +300,12 @@ func runeLen(s string) int { return utf8.RuneCountInString(s) }
 func renderTable(w io.Writer, rows []Row, sum Summary) error {
 	lines := [][]string{TableHeader}
 	for _, r := range rows {
-		c := []string{cell(r.Service), cell(strings.TrimPrefix(r.File, serverTLSPrefix)), "-", "-", "-", "-", "-", string(r.Status)}
+		c := []string{cell(r.Service), cell(strings.TrimPrefix(r.File, serverTLSPrefix)), "-", "-", "-", "-", string(r.Status)}
 		if !isProblem(r) {
 			c[2] = cell(commonName(r.Subject))
 			c[3] = cell(commonName(r.Issuer))
-			c[4] = cell(shortUsages(r.Usages))
-			c[5] = cell(dateOf(r.Expires))
-			c[6] = FormatResidualShort(time.Duration(r.ResidualSeconds) * time.Second)
+			c[4] = cell(dateOf(r.Expires))
+			c[5] = FormatResidualShort(time.Duration(r.ResidualSeconds) * time.Second)
 		}
 		lines = append(lines, c)
 	}
@@ -284,8 +324,8 @@ func renderTable(w io.Writer, rows []Row, sum Summary) error {
 		}
 		return n
 	}
-	// Each column's share above its floor shrinks first: a file keeps its name.
-	floor := map[int]int{1: 28, 2: 18, 3: 18}
+	// Each column's share above its floor shrinks first.
+	floor := map[int]int{1: 23, 2: 23, 3: 23}
 	for total() > TableWidth {
 		widest := -1
 		for _, i := range []int{1, 2, 3} {
@@ -302,9 +342,12 @@ func renderTable(w io.Writer, rows []Row, sum Summary) error {
 	for _, l := range lines {
 		b.Reset()
 		for i, c := range l {
-			if i == 1 {
-				c = elideHead(c, widths[i])
-			} else {
+			switch i {
+			case 1:
+				c = shortFile(c, widths[i])
+			case 2, 3:
+				c = shortName(c, widths[i])
+			default:
 				c = elide(c, widths[i])
 			}
 			b.WriteString(c)

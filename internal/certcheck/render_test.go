@@ -149,13 +149,13 @@ func TestRenderTable(t *testing.T) {
 			t.Errorf("line %q has %d columns, want %d", line, len(cols), len(TableHeader))
 			continue
 		}
-		if cols[0] != r.Service || !elidedFrom(cols[1], strings.TrimPrefix(r.File, "server/tls/")) || cols[7] != string(r.Status) || string([]rune(line)[statusCol:]) != string(r.Status) {
+		if cols[0] != r.Service || !fileShownAs(cols[1], strings.TrimPrefix(r.File, "server/tls/")) || cols[6] != string(r.Status) || string([]rune(line)[statusCol:]) != string(r.Status) {
 			t.Errorf("line %q does not show row %+v aligned", line, r)
 		}
-		if !isProblem(r) && (!elidedFrom(cols[2], commonName(r.Subject)) || !elidedFrom(cols[3], commonName(r.Issuer)) || cols[4] != shortUsages(r.Usages) || cols[5] != r.Expires[:10] || cols[6] != FormatResidualShort(time.Duration(r.ResidualSeconds)*time.Second)) {
+		if !isProblem(r) && (!nameShownAs(cols[2], commonName(r.Subject)) || !nameShownAs(cols[3], commonName(r.Issuer)) || cols[4] != r.Expires[:10] || cols[5] != FormatResidualShort(time.Duration(r.ResidualSeconds)*time.Second)) {
 			t.Errorf("line %q does not show row %+v", line, r)
 		}
-		if isProblem(r) && !reflect.DeepEqual(cols[2:7], []string{"-", "-", "-", "-", "-"}) {
+		if isProblem(r) && !reflect.DeepEqual(cols[2:6], []string{"-", "-", "-", "-"}) {
 			t.Errorf("error line %q", line)
 		}
 		if strings.HasSuffix(line, " ") {
@@ -175,6 +175,37 @@ func TestRenderTable(t *testing.T) {
 		t.Errorf("after the rows = %q, want %q", rest, want)
 	}
 	assertWidth(t, buf.String())
+}
+
+// nameShownAs reports whether a subject or issuer cell c shows the common name cn: cn
+// itself, or, for a kpki CA name <name>@<unix time>, a cell that keeps the time and the
+// last word of the name (its role) whole, after the start of the name with or without
+// its "kpki-" prefix; any other name with its middle replaced by "…".
+func nameShownAs(c, cn string) bool {
+	if c == cn {
+		return true
+	}
+	at := strings.LastIndex(cn, "@")
+	if at < 0 || strings.Trim(cn[at+1:], "0123456789") != "" {
+		return elidedFrom(c, cn)
+	}
+	name := cn[:at]
+	role := name[strings.LastIndex(name, "-"):]
+	bare := strings.TrimPrefix(name, "kpki-")
+	if c == bare+cn[at:] {
+		return true
+	}
+	head, tail, ok := strings.Cut(c, "…")
+	return ok && tail == role+cn[at:] && head != "" && (strings.HasPrefix(name, head) || strings.HasPrefix(bare, head))
+}
+
+// fileShownAs reports whether a file cell c shows the file name f: whole, with its middle
+// cut, or, when the base name repeats the directory, as "…/<base>".
+func fileShownAs(c, f string) bool {
+	if dir, base, ok := strings.Cut(f, "/"); ok && strings.HasPrefix(base, dir) && (c == "…/"+base || elidedFrom(c, base)) {
+		return true
+	}
+	return elidedFrom(c, f)
 }
 
 // elidedFrom reports whether c is s or s with its middle replaced by "…".
@@ -201,11 +232,53 @@ func TestRenderTableWithoutNotes(t *testing.T) {
 	if err := Render(&buf, rows, FormatTable, false); err != nil {
 		t.Fatal(err)
 	}
-	want := "SERVICE  FILENAME             SUBJECT  ISSUER  USAGES  EXPIRES     LEFT   STATUS\n" +
-		"ca       agent/client-ca.crt  ca       ca      CA      2036-01-01  3650d  OK\n" +
+	want := "SERVICE  FILENAME             SUBJECT  ISSUER  EXPIRES     LEFT   STATUS\n" +
+		"ca       agent/client-ca.crt  ca       ca      2036-01-01  3650d  OK\n" +
 		"summary: 1 certificate: 1 OK; earliest expiry 2036-01-01 (3650d) agent/client-ca.crt\n"
 	if buf.String() != want {
 		t.Errorf("table =\n%s\nwant\n%s", buf.String(), want)
+	}
+}
+
+func TestShortName(t *testing.T) {
+	for _, tc := range []struct {
+		cn   string
+		n    int
+		want string
+	}{
+		{"kpki-server-ca@1796194155", 25, "kpki-server-ca@1796194155"},
+		{"kpki-server-ca@1796194155", 24, "server-ca@1796194155"},
+		{"kpki-request-header-root@1796194155", 30, "request-header-root@1796194155"},
+		{"kpki-request-header-root@1796194155", 23, "reques…-root@1796194155"},
+		{"kpki-etcd-server-root@1796194155", 23, "etcd-s…-root@1796194155"},
+		{"kpki-etcd-peer-root@1796194155", 23, "etcd-p…-root@1796194155"},
+		{"kpki-request-header-ca@1796194155", 23, "request-…-ca@1796194155"},
+		{"rke2-server-ca@1700000000", 20, "rke2-…-ca@1700000000"},
+		{"system:kube-controller-manager", 23, "system:kube…ler-manager"},
+		{"kpki-server-ca@1796194155", 8, "kpk…4155"},
+	} {
+		got := shortName(tc.cn, tc.n)
+		if got != tc.want || runeLen(got) > tc.n {
+			t.Errorf("shortName(%q, %d) = %q, want %q", tc.cn, tc.n, got, tc.want)
+		}
+		if !nameShownAs(got, tc.cn) && tc.n > 16 {
+			t.Errorf("shortName(%q, %d) = %q is not a documented shortening", tc.cn, tc.n, got)
+		}
+	}
+	for _, tc := range []struct {
+		f    string
+		n    int
+		want string
+	}{
+		{"kube-scheduler/kube-scheduler.crt", 23, "…/kube-scheduler.crt"},
+		{"kube-controller-manager/kube-controller-manager.crt", 23, "kube-contro…manager.crt"},
+		{"etcd/peer-server-client.crt", 23, "etcd/peer-s…-client.crt"},
+		{"serving-kube-apiserver.crt", 23, "serving-kub…iserver.crt"},
+		{"etcd/server-client.crt", 23, "etcd/server-client.crt"},
+	} {
+		if got := shortFile(tc.f, tc.n); got != tc.want || !fileShownAs(got, tc.f) {
+			t.Errorf("shortFile(%q, %d) = %q, want %q", tc.f, tc.n, got, tc.want)
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ func newAgentCmd() *cobra.Command {
 	cfg := agent.Defaults()
 	cfg.RetryDeadline = 2 * time.Minute
 	var once bool
+	var tokenFile string
 	var servers []string
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -31,11 +32,14 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 (a wrong token, a CA that does not match the token's hash) are not repeated.`,
 		Args: cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applySources(cmd)
+			if err := applySources(cmd); err != nil {
+				return err
+			}
+			return applyTokenFile(cmd, tokenFile, &cfg.Token)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.ServerURL = strings.Join(servers, ",")
-			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd.ErrOrStderr())})
+			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd)})
 			if err != nil {
 				return err
 			}
@@ -51,6 +55,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	configFlag(cmd)
 	f.StringSliceVarP(&servers, "server", "s", nil, fmt.Sprintf("URL of a kpki server's supervisor, https://host:%d (env KPKI_URL); repeat it or give a comma-separated list to fail over between servers", api.DefaultSupervisorPort))
 	f.StringVarP(&cfg.Token, "token", "t", "", "join token: K10<ca-hash>::<user>:<password>, or a short token (no CA pinning)")
+	tokenFileFlag(cmd, &tokenFile)
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")
 	f.StringSliceVar(&cfg.NodeIPs, "node-ip", nil, "node IP address, a SAN of the kubelet serving certificate (repeatable)")
 	f.IntVar(&cfg.APIServerPort, "api-server-port", cfg.APIServerPort, "kube-apiserver port, on the --server host, written into the kubeconfigs")
@@ -58,5 +63,6 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running agent checks for certificates to renew")
 	f.DurationVar(&cfg.RetryDeadline, "retry-deadline", cfg.RetryDeadline, "how long a pass that fails with a transient error (server unreachable, 5xx, timeout) is repeated; 0: try each server once")
 	f.BoolVar(&once, "once", false, "run one pass (join or renew) and exit")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", `serve Prometheus metrics (the node's certificate expiry, passes, signed certificates) over plain HTTP at http://<host:port>/metrics; "" (the default) serves none; --once serves none either`)
 	return cmd
 }

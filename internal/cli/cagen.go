@@ -39,10 +39,10 @@ func applyScriptSources(cmd *cobra.Command) error {
 func nextStepFlags(cmd *cobra.Command, dataDir string) string {
 	var out string
 	if f := cmd.Flags().Lookup("data-dir"); f != nil && filepath.Clean(dataDir) != filepath.Clean(f.DefValue) {
-		out += " --data-dir=" + absOrSelf(dataDir)
+		out += " --data-dir=" + shellQuote(absOrSelf(dataDir))
 	}
 	if p, explicit := configPath(cmd); explicit {
-		out += " --config=" + absOrSelf(p)
+		out += " --config=" + shellQuote(absOrSelf(p))
 	}
 	return out
 }
@@ -196,7 +196,7 @@ with 'kpki certificate rotate-ca --path=<path>'.`,
 // generated into, so only the config file carries over.
 func nextStepConfigFlag(cmd *cobra.Command) string {
 	if p, explicit := configPath(cmd); explicit {
-		return " --config=" + absOrSelf(p)
+		return " --config=" + shellQuote(absOrSelf(p))
 	}
 	return ""
 }

@@ -25,8 +25,8 @@ func newCheckCmd() *cobra.Command {
 		Use:   "check",
 		Short: "List every certificate of the node with its expiry and status",
 		Long: `List every certificate in every certificate file of the selected services (all
-services and the CA files when --service is not given), with subject, issuer, usages,
-expiry, residual time and status: OK, WARNING (a leaf that expires within
+services and the CA files when --service is not given), with subject, issuer, expiry,
+residual time and status (and usages in -o text, json and yaml): OK, WARNING (a leaf that expires within
 --renew-before-days, a CA certificate that expires within --ca-warn-days or
 --renew-before-days, whichever is longer), EXPIRED, NOT YET VALID, MISSING for an
 expected file that does not exist, or ERROR for a file that cannot be read; the reason
@@ -34,7 +34,9 @@ of a MISSING or ERROR row follows the table, and a summary line ends it.
 
 The table lists each distinct CA certificate once (the CA files and the chains bundled in
 leaf files) and each leaf file by its leaf; --all lists every certificate of every
-file. -o json and -o yaml always hold every certificate, with a summary object.`,
+file. Names too long for 120 columns are shortened with "…", a kpki CA name keeping its
+role and creation time (server-root@1796194155). -o json and -o yaml always hold every
+certificate, with a summary object. --fail-on counts the rows listed.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -65,7 +67,7 @@ file. -o json and -o yaml always hold every certificate, with a summary object.`
 			if err := certcheck.Render(cmd.OutOrStdout(), rows, format, all); err != nil {
 				return fmt.Errorf("write report: %w", err)
 			}
-			return certcheck.Check(rows, threshold)
+			return certcheck.Check(rows, threshold, all || format == certcheck.FormatJSON || format == certcheck.FormatYAML)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)

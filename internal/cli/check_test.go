@@ -335,8 +335,14 @@ func TestCheckMissingFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errOut := runCertCheck(t, "--data-dir", dir, "--fail-on", "expired")
-	if want := fmt.Sprintf("kpki: 1 of %d certificates failed the check (--fail-on expired)\n", certCheckRows); code != 1 || errOut != want {
-		t.Errorf("exit %d, stderr %q, want %q", code, errOut, want)
+	tableRows := strings.Index(out, "\n\n")
+	tableRows = strings.Count(out[:max(tableRows, 0)], "\n") // the rows after the header line
+	if want := fmt.Sprintf("kpki: 1 of %d certificates failed the check (--fail-on expired)\n", tableRows); code != 1 || errOut != want || tableRows >= certCheckRows {
+		t.Errorf("exit %d, stderr %q, want %q (the %d rows of the table, not the %d certificates)", code, errOut, want, tableRows, certCheckRows)
+	}
+	_, _, errAll := runCertCheck(t, "--data-dir", dir, "--fail-on", "expired", "--all")
+	if want := fmt.Sprintf("kpki: 1 of %d certificates failed the check (--fail-on expired)\n", certCheckRows); errAll != want {
+		t.Errorf("--all: stderr %q, want %q", errAll, want)
 	}
 	var row string
 	for _, l := range strings.Split(out, "\n") {
@@ -344,7 +350,7 @@ func TestCheckMissingFile(t *testing.T) {
 			row = l
 		}
 	}
-	if f := strings.Fields(row); len(f) != 8 || f[2] != "-" || f[6] != "-" || f[7] != "MISSING" {
+	if f := strings.Fields(row); len(f) != 7 || f[2] != "-" || f[5] != "-" || f[6] != "MISSING" {
 		t.Errorf("table row %q, want dashes and MISSING:\n%s", row, out)
 	}
 	if !strings.Contains(out, "\n\nserver/tls/etcd/peer-ca.crt: MISSING: the file does not exist\nsummary: ") {

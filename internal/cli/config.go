@@ -63,7 +63,28 @@ func configPath(cmd *cobra.Command) (string, bool) {
 
 // applySources fills every flag the command line did not set, first from its
 // environment variable, then from the config file: flag > env > config file > default.
+//
+// At debug level it logs where each setting came from, by flag name and source only:
+// values are never logged (some are tokens).
 func applySources(cmd *cobra.Command) error {
+	var fromEnv, fromFile []string
+	path, err := applySourcesTo(cmd, &fromEnv, &fromFile)
+	if err == nil && debugOn(cmd) {
+		log := newLogger(cmd)
+		if len(fromEnv) > 0 {
+			log.Debug("settings from the environment", "variables", fromEnv)
+		}
+		if path != "" {
+			log.Debug("read the config file", "file", path, "keys", fromFile)
+		}
+	}
+	return err
+}
+
+// applySourcesTo is applySources; it returns the config file read ("" when none) and
+// appends the variables and the config keys it used to fromEnv and fromFile.
+func applySourcesTo(cmd *cobra.Command, fromEnv, fromFile *[]string) (string, error) {
+	recordCmdline(cmd)
 	flags := cmd.Flags()
 	for _, f := range allFlags(flags) {
 		if f.Changed || f.Name == "config" {
@@ -79,21 +100,22 @@ func applySources(cmd *cobra.Command) error {
 		}
 		if ok {
 			if err := flags.Set(f.Name, v); err != nil {
-				return fmt.Errorf("environment variable %s: %w", name, err)
+				return "", fmt.Errorf("environment variable %s: %w", name, err)
 			}
+			*fromEnv = append(*fromEnv, name)
 		}
 	}
 	path, explicit := configPath(cmd)
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) && !explicit {
-			return nil
+			return "", nil
 		}
-		return fmt.Errorf("config file %s: %w", path, err)
+		return "", fmt.Errorf("config file %s: %w", path, err)
 	}
 	values, err := parseConfig(data)
 	if err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return "", fmt.Errorf("config file %s: %w", path, err)
 	}
 	known := knownKeys(cmd)
 	for _, kv := range values {
@@ -110,11 +132,12 @@ func applySources(cmd *cobra.Command) error {
 		}
 		for _, v := range kv.values {
 			if err := flags.Set(kv.key, v); err != nil {
-				return fmt.Errorf("config file %s: key %q: %w", path, kv.key, err)
+				return "", fmt.Errorf("config file %s: key %q: %w", path, kv.key, err)
 			}
 		}
+		*fromFile = append(*fromFile, kv.key)
 	}
-	return nil
+	return path, nil
 }
 
 type configValue struct {

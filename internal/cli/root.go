@@ -27,8 +27,13 @@ func Execute(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "kpki: %s\n", oneLine(err.Error()))
+	if cmd, err := root.ExecuteContextC(ctx); err != nil {
+		msg := err.Error()
+		if cmd != nil {
+			local, supervisor := suggestedFlags(cmd)
+			msg = addCommandFlags(msg, local, supervisor)
+		}
+		fmt.Fprintf(stderr, "kpki: %s\n", oneLine(msg))
 		if ec, ok := err.(interface{ ExitCode() int }); ok {
 			return ec.ExitCode()
 		}
@@ -60,6 +65,7 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 	root.SetVersionTemplate("kpki {{.Version}}\n")
 	root.SetOut(stdout)
 	root.SetErr(stderr)
+	root.PersistentFlags().Bool("debug", false, "log at debug level (env KPKI_DEBUG, config key debug: true); tokens, passwords and keys are never logged")
 	root.AddCommand(newServerCmd(), newAgentCmd(), newCertificateCmd(), newTokenCmd(), newVersionCmd())
 	return root
 }
@@ -76,8 +82,24 @@ func newVersionCmd() *cobra.Command {
 	}
 }
 
-func newLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
+// newLogger is the logger of a command: text lines on its stderr, at debug level when
+// --debug (or KPKI_DEBUG, or debug: in the config file) is set, else at info level.
+func newLogger(cmd *cobra.Command) *slog.Logger {
+	level := slog.LevelInfo
+	if debugOn(cmd) {
+		level = slog.LevelDebug
+	}
+	h := slog.Handler(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+	if local, supervisor := suggestedFlags(cmd); local != "" || supervisor != "" {
+		h = commandFlagsHandler{h, local, supervisor}
+	}
+	return slog.New(h)
+}
+
+// debugOn reports whether --debug is set for cmd.
+func debugOn(cmd *cobra.Command) bool {
+	on, err := cmd.Flags().GetBool("debug")
+	return err == nil && on
 }
 
 // dataDirFlag registers --data-dir with its default.

@@ -21,7 +21,7 @@ import (
 )
 
 func newRotateCACmd() *cobra.Command {
-	var dataDir, path, server string
+	var dataDir, path, server, output string
 	var force, dryRun bool
 	first, last := certs.CAs[0], certs.CAs[len(certs.CAs)-1]
 	cmd := &cobra.Command{
@@ -36,6 +36,9 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			if path == "" {
 				return errors.New("--path is required: the directory holding the staged tls/ files")
 			}
@@ -43,7 +46,8 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 			if err != nil {
 				return err
 			}
-			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, path, force, dryRun)
+			newLogger(cmd).Debug("sending the staged CA files to the server", "server", u, "path", path, "dry-run", dryRun, "force", force)
+			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, path, force, dryRun, output)
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
@@ -52,12 +56,16 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 	cmd.Flags().StringVar(&path, "path", "", "staging directory laid out as a server dir (DIR/tls/...)")
 	cmd.Flags().BoolVar(&force, "force", false, "skip the chain and service-key continuity checks (disruptive: new root)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check and print what would change; write nothing")
+	outputFlag(cmd, &output)
 	return cmd
 }
 
 // runRotateCA reads the staged files and sends them to the server. ctx is the command's
 // (cancelled by SIGINT and SIGTERM, see Execute): the request is made with it.
-func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, dir string, force, dryRun bool) error {
+// With output json or yaml, a rotation that went through (or a dry run that passed)
+// prints one rotateCAReport object instead of the text lines; a refusal is reported on
+// stderr alike in every format.
+func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, dir string, force, dryRun bool, output string) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -76,9 +84,15 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 		fields := rotation.Fields()
 		return fmt.Errorf("no CA files found under %s (expected %s/%s, …, %s/%s)", dir, dir, rotation.StagedPath(fields[0]), dir, rotation.StagedPath(fields[len(fields)-1]))
 	}
+	var notStaged []string
 	for _, f := range rotation.Fields() {
 		if _, ok := staged[f]; !ok {
-			fmt.Fprintf(out, "note: %s not staged; keeping the current one\n", filepath.Join(dir, rotation.StagedPath(f)))
+			notStaged = append(notStaged, filepath.Join(dir, rotation.StagedPath(f)))
+		}
+	}
+	if output == outputText {
+		for _, f := range notStaged {
+			fmt.Fprintf(out, "note: %s not staged; keeping the current one\n", f)
 		}
 	}
 	c, err := serverClient(dataDir, server)
@@ -108,6 +122,9 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 	}
 	if err != nil {
 		return err
+	}
+	if output != outputText {
+		return writeReport(out, output, rotateCAReportOf(resp, notStaged))
 	}
 	for _, u := range resp.Unchanged {
 		fmt.Fprintf(out, "unchanged: %s\n", u)
@@ -142,6 +159,23 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 		fmt.Fprintf(out, "the CA hash changed; reconfigure every node that joined with a secure token before restarting it:\nserver token: %s\nagent token: %s\n", resp.ServerToken, resp.AgentToken)
 	}
 	return nil
+}
+
+// rotateCAReportOf is the report of a rotation the server accepted. The tokens are set
+// only when the text output prints them: the rotation was saved and changed the CA hash.
+func rotateCAReportOf(resp api.RotateCAResponse, notStaged []string) rotateCAReport {
+	rep := rotateCAReport{
+		DryRun: resp.DryRun, Saved: resp.Saved && !resp.DryRun, Changes: []rotateCAChange{},
+		Unchanged: append([]string{}, resp.Unchanged...), NotStaged: append([]string{}, notStaged...),
+		TokensChange: resp.TokensChange, OldCAHash: resp.OldCAHash, NewCAHash: resp.NewCAHash,
+	}
+	for _, ch := range resp.Changes {
+		rep.Changes = append(rep.Changes, rotateCAChange{File: ch.File, Old: certInfoOf(ch.Old), New: certInfoOf(ch.New), KeyCount: ch.KeyCount})
+	}
+	if !resp.DryRun && resp.TokensChange {
+		rep.ServerToken, rep.AgentToken = resp.ServerToken, resp.AgentToken
+	}
+	return rep
 }
 
 // readStaged reads the staging dir: only regular files (a symlink to one is followed) of

@@ -155,7 +155,7 @@ func TestRotateCAHonoursContext(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- runRotateCA(ctx, &bytes.Buffer{}, &bytes.Buffer{}, dd, "https://"+ln.Addr().String(), stage, false, true)
+		done <- runRotateCA(ctx, &bytes.Buffer{}, &bytes.Buffer{}, dd, "https://"+ln.Addr().String(), stage, false, true, outputText)
 	}()
 	select {
 	case c := <-accepted:

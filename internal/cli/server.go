@@ -8,15 +8,22 @@ import (
 
 func newServerCmd() *cobra.Command {
 	cfg := server.Defaults()
+	var tokenFile, agentTokenFile string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a kpki server: create or join the cluster PKI, serve it, renew it",
 		Args:  cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error {
-			return applySources(cmd)
+			if err := applySources(cmd); err != nil {
+				return err
+			}
+			if err := applyTokenFile(cmd, tokenFile, &cfg.Token); err != nil {
+				return err
+			}
+			return applySecretFile(cmd, "agent-token", agentTokenFile, &cfg.AgentToken)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := server.New(cfg, server.Options{Log: newLogger(cmd.ErrOrStderr())})
+			s, err := server.New(cfg, server.Options{Log: newLogger(cmd)})
 			if err != nil {
 				return err
 			}
@@ -27,7 +34,9 @@ func newServerCmd() *cobra.Command {
 	dataDirFlag(cmd, &cfg.DataDir)
 	configFlag(cmd)
 	f.StringVarP(&cfg.Token, "token", "t", "", "cluster token (generated on the first server when empty)")
+	tokenFileFlag(cmd, &tokenFile)
 	f.StringVar(&cfg.AgentToken, "agent-token", "", "token agents join with (a distinct random password by default; never the server token's)")
+	f.StringVar(&agentTokenFile, "agent-token-file", "", "file holding the agent token (surrounding whitespace ignored; env KPKI_AGENT_TOKEN_FILE); not with --agent-token")
 	f.StringVarP(&cfg.ServerURL, "server", "s", "", "URL of an existing server to join")
 	f.StringSliceVar(&cfg.TLSSANs, "tls-san", nil, "extra hostname or IP for the serving certificates (repeatable)")
 	f.StringVar(&cfg.NodeName, "node-name", "", "node name (default: the hostname, lower-cased)")

@@ -22,13 +22,16 @@ func newTokenCmd() *cobra.Command {
 }
 
 func newTokenShowCmd() *cobra.Command {
-	var dataDir string
+	var dataDir, output string
 	cmd := &cobra.Command{
 		Use:     "show",
 		Short:   "Print the server and agent tokens with the current CA hash",
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			l := datadir.Layout{Root: dataDir}
 			caFile := l.TLS(certs.CA(certs.ServerCA).CertFile)
 			ca, err := os.ReadFile(caFile)
@@ -39,9 +42,13 @@ func newTokenShowCmd() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", caFile, err)
 			}
-			for _, f := range []struct{ label, path, user string }{
-				{"server", l.TokenFile(), "server"},
-				{"agent", l.AgentTokenFile(), "node"},
+			rep := tokenShowReport{CAHash: hash, CAFile: caFile, ServerTokenFile: l.TokenFile(), AgentTokenFile: l.AgentTokenFile()}
+			for _, f := range []struct {
+				label, path, user string
+				out               *string
+			}{
+				{"server", l.TokenFile(), "server", &rep.ServerToken},
+				{"agent", l.AgentTokenFile(), "node", &rep.AgentToken},
 			} {
 				data, err := os.ReadFile(f.path)
 				if err != nil {
@@ -51,18 +58,23 @@ func newTokenShowCmd() *cobra.Command {
 				if err != nil {
 					return fmt.Errorf("%s: %w", f.path, err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s token: %s\n", f.label, token.Format(hash, f.user, t.Password))
+				*f.out = token.Format(hash, f.user, t.Password)
 			}
+			if output != outputText {
+				return writeReport(cmd.OutOrStdout(), output, rep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "server token: %s\nagent token: %s\n", rep.ServerToken, rep.AgentToken)
 			return nil
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
+	outputFlag(cmd, &output)
 	return cmd
 }
 
 func newTokenRotateCmd() *cobra.Command {
-	var dataDir, server, newToken string
+	var dataDir, server, newToken, output string
 	cmd := &cobra.Command{
 		Use:   "rotate",
 		Short: "Change the server token: re-encrypt the bootstrap data and rewrite the token files",
@@ -74,10 +86,14 @@ agent password.`,
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output); err != nil {
+				return err
+			}
 			u, err := localServerURL(cmd, server)
 			if err != nil {
 				return err
 			}
+			newLogger(cmd).Debug("asking the server to rotate the server token", "server", u, "new-token-given", newToken != "")
 			c, err := serverClient(dataDir, u)
 			if err != nil {
 				return err
@@ -87,16 +103,27 @@ agent password.`,
 			if err := c.Do(cmd.Context(), http.MethodPut, api.PathTokenRotate, nil, api.TokenRotateRequest{Token: newToken}, &resp); err != nil {
 				return fmt.Errorf("token rotate: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "token rotated; restart the other servers with the new token\nserver token: %s\n", resp.Token)
 			for _, w := range resp.Warnings {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", w)
 			}
+			if output != outputText {
+				rep := tokenRotateReport{ServerToken: resp.Token, Warnings: resp.Warnings}
+				if rep.Warnings == nil {
+					rep.Warnings = []string{}
+				}
+				if t, err := token.Parse(resp.Token); err == nil {
+					rep.CAHash = t.CAHash
+				}
+				return writeReport(cmd.OutOrStdout(), output, rep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "token rotated; restart the other servers with the new token\nserver token: %s\n", resp.Token)
 			return nil
 		},
 	}
 	dataDirFlag(cmd, &dataDir)
 	configFlag(cmd)
 	serverURLFlag(cmd, &server)
+	outputFlag(cmd, &output)
 	cmd.Flags().StringVar(&newToken, "new-token", "", "the new token (generated when empty)")
 	return cmd
 }

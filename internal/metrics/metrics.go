@@ -4,9 +4,11 @@ package metrics
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,11 +31,8 @@ type Metrics struct {
 // New creates and registers the metrics.
 func New() *Metrics {
 	m := &Metrics{
-		Registry: prometheus.NewRegistry(),
-		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "kpki_certificate_expiration_seconds",
-			Help: "Expiry of each certificate kpki manages, as Unix time in seconds.",
-		}, []string{"file", "subject", "usages"}),
+		Registry:   prometheus.NewRegistry(),
+		CertExpiry: newCertExpiry(),
 		CAChainExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kpki_ca_chain_expiration_seconds",
 			Help: "Earliest expiry, as Unix time in seconds, of each CA file's signing chain (the CA and its bundle up to the root): no leaf it signs outlives it.",
@@ -59,6 +58,87 @@ func New() *Metrics {
 	return m
 }
 
+// newCertExpiry is kpki_certificate_expiration_seconds, of the server and of the agent
+// alike.
+func newCertExpiry() *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "kpki_certificate_expiration_seconds",
+		Help: "Expiry of each certificate kpki manages, as Unix time in seconds.",
+	}, []string{"file", "subject", "usages"})
+}
+
+// SetCertExpiry records the expiry of c, the first certificate of file, in g (a
+// kpki_certificate_expiration_seconds vector).
+func SetCertExpiry(g *prometheus.GaugeVec, file string, c *x509.Certificate) {
+	g.WithLabelValues(file, c.Subject.String(), Usages(c)).Set(float64(c.NotAfter.Unix()))
+}
+
+// Usages is the usages label of a certificate: "ca" for a CA, then "server" and
+// "client" for its extended key usages, comma-separated.
+func Usages(c *x509.Certificate) string {
+	var u []string
+	if c.IsCA {
+		u = append(u, "ca")
+	}
+	for _, e := range c.ExtKeyUsage {
+		switch e {
+		case x509.ExtKeyUsageServerAuth:
+			u = append(u, "server")
+		case x509.ExtKeyUsageClientAuth:
+			u = append(u, "client")
+		}
+	}
+	return strings.Join(u, ",")
+}
+
+// Agent is the set of metrics of `kpki agent --metrics-address`.
+type Agent struct {
+	Registry *prometheus.Registry
+	// CertExpiry holds the node's certificates (its four leaves and the two CA
+	// bundles), as the server's kpki_certificate_expiration_seconds holds its own.
+	CertExpiry *prometheus.GaugeVec
+	// Signed counts the certificates the server signed for the agent, by action:
+	// "issue" (a new key) or "renew" (the key kept).
+	Signed *prometheus.CounterVec
+	// Passes counts certificate passes by result, "ok" or "error".
+	Passes *prometheus.CounterVec
+	// LastSuccess is the Unix time of the last pass that succeeded.
+	LastSuccess prometheus.Gauge
+}
+
+// NewAgent creates and registers the agent's metrics.
+func NewAgent() *Agent {
+	m := &Agent{
+		Registry:   prometheus.NewRegistry(),
+		CertExpiry: newCertExpiry(),
+		Signed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpki_agent_certificates_signed_total",
+			Help: "Certificates the server signed for this agent, by action: issue (a new key) or renew (the key kept).",
+		}, []string{"action"}),
+		Passes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpki_agent_passes_total",
+			Help: "Certificate passes (join or renew) of this agent, by result: ok or error.",
+		}, []string{"result"}),
+		LastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kpki_agent_last_success_timestamp_seconds",
+			Help: "Unix time of this agent's last successful certificate pass.",
+		}),
+	}
+	for _, a := range []string{"issue", "renew"} {
+		m.Signed.WithLabelValues(a)
+	}
+	for _, r := range []string{"ok", "error"} {
+		m.Passes.WithLabelValues(r)
+	}
+	m.Registry.MustRegister(m.CertExpiry, m.Signed, m.Passes, m.LastSuccess)
+	return m
+}
+
+// Serve serves the agent's /metrics as Metrics.Serve does the server's.
+func (m *Agent) Serve(ctx context.Context, ln net.Listener, lim httplimit.Limits) error {
+	return serve(ctx, ln, httpServer(m.Registry, lim))
+}
+
 // Handler serves the registry.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
@@ -66,8 +146,12 @@ func (m *Metrics) Handler() http.Handler {
 
 // httpServer is the http.Server Serve runs: /metrics, with the limits lim.
 func (m *Metrics) httpServer(lim httplimit.Limits) *http.Server {
+	return httpServer(m.Registry, lim)
+}
+
+func httpServer(reg *prometheus.Registry, lim httplimit.Limits) *http.Server {
 	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return lim.Server(mux)
 }
 
@@ -75,7 +159,10 @@ func (m *Metrics) httpServer(lim httplimit.Limits) *http.Server {
 // (httplimit.Default for zero fields): a client that sends its request slowly, or
 // never, is disconnected.
 func (m *Metrics) Serve(ctx context.Context, ln net.Listener, lim httplimit.Limits) error {
-	srv := m.httpServer(lim)
+	return serve(ctx, ln, m.httpServer(lim))
+}
+
+func serve(ctx context.Context, ln net.Listener, srv *http.Server) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

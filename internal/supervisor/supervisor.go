@@ -89,11 +89,40 @@ func (s *Supervisor) TLSConfig() *tls.Config {
 
 // httpServer is the http.Server Serve runs.
 func (s *Supervisor) httpServer() *http.Server {
-	srv := s.cfg.Limits.Server(s.mux)
+	srv := s.cfg.Limits.Server(s.logRequests(s.mux))
 	srv.TLSConfig = s.TLSConfig()
 	srv.ErrorLog = log.New(serverErrorLog{s.cfg.Log}, "", 0)
 	return srv
 }
+
+// logRequests logs every request at debug level when the logger has that level
+// enabled: method, path, query and basic-auth user (clipped; never the password), remote
+// address, status and duration. Otherwise it is next itself.
+func (s *Supervisor) logRequests(next http.Handler) http.Handler {
+	if s.cfg.Log == nil || !s.cfg.Log.Enabled(context.Background(), slog.LevelDebug) {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		s.cfg.Log.Debug("request", append(requestAttrs(r), "status", rec.status, "duration", time.Since(start))...)
+	})
+}
+
+// statusRecorder remembers the status a handler wrote.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the connection's writer.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // Serve serves HTTPS on ln until ctx ends.
 func (s *Supervisor) Serve(ctx context.Context, ln net.Listener) error {

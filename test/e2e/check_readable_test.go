@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/big"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -184,7 +185,115 @@ func TestCheckReadable(t *testing.T) {
 	s = startServerOn(t, s.Ports, dd)
 	s.WaitReady(t)
 	t.Run("after cross-sign-ca, rotate-ca and a restart", func(t *testing.T) { assertReadableCheck(t, s) })
+
+	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", dd)
+	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(dd, "server", "rotate-ca")))
 	s.Stop(t)
+	s = startServerOn(t, s.Ports, dd)
+	s.WaitReady(t)
+	t.Run("after two rotations", func(t *testing.T) {
+		assertReadableCheck(t, s)
+		assertRowsApart(t, s)
+		assertFailOnCountsRows(t, s)
+	})
+	s.Stop(t)
+}
+
+// tableRows returns the cells of the rows of a check table (between the header and the
+// blank line or summary that follows them).
+func tableRows(t *testing.T, out string) [][]string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	var rows [][]string
+	for _, l := range lines[1:] {
+		if l == "" || strings.HasPrefix(l, "summary: ") {
+			break
+		}
+		rows = append(rows, regexp.MustCompile(`\s{2,}`).Split(l, -1))
+	}
+	return rows
+}
+
+// assertRowsApart checks that an operator can tell every row of the table apart after
+// rotations: no two rows alike, and each CA row's subject and issuer keep the role and
+// the creation time of the name (what sets a root, its intermediate and the generations of
+// a CA apart), as the json report holds them in full.
+func assertRowsApart(t *testing.T, s *kpkiServer) {
+	t.Helper()
+	r := kpkiOK(t, "certificate", "check", "--data-dir", s.DataDir)
+	rows := tableRows(t, r.stdout)
+	seen := map[string]bool{}
+	caRows := 0
+	for _, c := range rows {
+		key := strings.Join(c, "|")
+		if seen[key] {
+			t.Errorf("two rows read alike: %q\n%s", c, r.stdout)
+		}
+		seen[key] = true
+		if c[0] == "ca" {
+			caRows++
+		}
+	}
+	var rep checkReport
+	if err := json.Unmarshal([]byte(kpkiOK(t, "certificate", "check", "-o", "json", "--data-dir", s.DataDir).stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	// The distinct CA certificates, in the table's order, with their names.
+	var cas [][2]string
+	fps := map[string]bool{}
+	for _, c := range rep.Certificates {
+		if *c.CA && !fps[*c.SHA256] {
+			fps[*c.SHA256] = true
+			cas = append(cas, [2]string{strings.TrimPrefix(*c.Subject, "CN="), strings.TrimPrefix(*c.Issuer, "CN=")})
+		}
+	}
+	if caRows != len(cas) || caRows < 4*5 {
+		t.Fatalf("%d CA rows, %d distinct CA certificates in the json report (want 4 per CA after two rotations)", caRows, len(cas))
+	}
+	roleAndTime := regexp.MustCompile(`-[a-z]+@[0-9]+$`)
+	for i, names := range cas {
+		for j, cn := range names {
+			cellText := rows[i][2+j]
+			want := roleAndTime.FindString(cn)
+			if want == "" || !strings.HasSuffix(cellText, want) {
+				t.Errorf("row %d %q: %q does not end with the role and time %q of %s", i, rows[i], cellText, want, cn)
+			}
+		}
+	}
+}
+
+// assertFailOnCountsRows checks that --fail-on counts the rows of the table, and says
+// how many certificates that is when CA certificates bundled in many files fail: with a
+// CA window longer than any CA's life every CA row is WARNING.
+func assertFailOnCountsRows(t *testing.T, s *kpkiServer) {
+	t.Helper()
+	r := runKpki(t, nil, "certificate", "check", "--data-dir", s.DataDir, "--ca-warn-days", "100000", "--fail-on", "warning")
+	rows := tableRows(t, r.stdout)
+	warn := 0
+	for _, c := range rows {
+		if c[len(c)-1] == "WARNING" {
+			warn++
+		}
+	}
+	all := runKpki(t, nil, "certificate", "check", "--data-dir", s.DataDir, "--ca-warn-days", "100000", "--fail-on", "warning", "-o", "json")
+	var rep checkReport
+	if err := json.Unmarshal([]byte(all.stdout), &rep); err != nil {
+		t.Fatal(err)
+	}
+	allWarn := 0
+	for _, c := range rep.Certificates {
+		if c.Status == "WARNING" {
+			allWarn++
+		}
+	}
+	want := fmt.Sprintf("kpki: %d of %d certificates failed the check (--fail-on warning); counting each file's copy of a CA certificate, %d of %d (--all lists them)\n",
+		warn, len(rows), allWarn, len(rep.Certificates))
+	if r.code != 1 || r.stderr != want || warn == 0 || warn == allWarn {
+		t.Errorf("table --fail-on: exit %d, stderr %q, want %q", r.code, r.stderr, want)
+	}
+	if want := fmt.Sprintf("kpki: %d of %d certificates failed the check (--fail-on warning)\n", allWarn, len(rep.Certificates)); all.code != 1 || all.stderr != want {
+		t.Errorf("json --fail-on: exit %d, stderr %q, want %q", all.code, all.stderr, want)
+	}
 }
 
 // unrelatedCAPEM returns a new self-signed CA certificate named cn and its key, PEM.

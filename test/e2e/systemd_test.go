@@ -106,10 +106,15 @@ func TestSystemdUnitDirectives(t *testing.T) {
 		}
 		env := strings.TrimSuffix(name, ".service") + ".env"
 		data := string(readFile(t, unitPath(t, env)))
-		for _, v := range []string{"#KPKI_TOKEN=", "#KPKI_URL="} {
+		// The server joins by KPKI_SERVER (it ignores the agent's KPKI_URL), the agent by KPKI_URL.
+		join := map[string]string{"kpki.env": "#KPKI_SERVER=", "kpki-agent.env": "#KPKI_URL="}[env]
+		for _, v := range []string{"#KPKI_TOKEN=", "#KPKI_TOKEN_FILE=", join} {
 			if !strings.Contains(data, "\n"+v+"\n") {
 				t.Errorf("%s does not carry the commented example %s", env, v)
 			}
+		}
+		if env == "kpki.env" && strings.Contains(data, "\n#KPKI_URL=") {
+			t.Errorf("kpki.env suggests KPKI_URL, which kpki server ignores")
 		}
 	}
 }

@@ -380,7 +380,12 @@ func (a *Agent) recordPass(res Result, err error) {
 	m.Signed.WithLabelValues("issue").Add(float64(len(res.Issued)))
 	m.Signed.WithLabelValues("renew").Add(float64(len(res.Renewed)))
 	m.CertExpiry.Reset()
-	files := []string{a.layout.Agent(ServerCAFile), a.layout.Agent(ClientCAFile)}
+	var files []string
+	for _, c := range certs.CAs {
+		if c.Agent {
+			files = append(files, a.layout.Agent(c.CertFile))
+		}
+	}
 	for _, l := range certs.Select(certs.AgentNode, nil) {
 		crt, _ := a.leafFiles(l)
 		files = append(files, crt)

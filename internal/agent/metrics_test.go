@@ -76,7 +76,7 @@ func TestAgentMetrics(t *testing.T) {
 	if p := nextPass(t, passes); p.err != nil || len(p.res.Issued) != 4 {
 		t.Fatalf("first pass: %+v", p)
 	}
-	files := []string{fx.path(ServerCAFile), fx.path(ClientCAFile)}
+	files := []string{fx.path(serverCAFile), fx.path(clientCAFile)}
 	for _, l := range agentLeaves() {
 		files = append(files, fx.path(l.Name+".crt"))
 	}

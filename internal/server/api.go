@@ -15,6 +15,7 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/rotation"
 	"github.com/kpki/kpki/internal/supervisor"
@@ -41,9 +42,9 @@ func (s *Server) authenticate(user, password string) (supervisor.Role, bool) {
 
 // useCreds makes pw the passwd this server authenticates with and its node entry the
 // agent password of the agent-token file.
-func (s *Server) useCreds(pw Passwd) {
+func (s *Server) useCreds(pw passwd.File) {
 	s.creds.Store(&pw)
-	if node, ok := pw.Find(agentUser); ok {
+	if node, ok := pw.Find(passwd.AgentUser); ok {
 		s.agentPassword = node.Password
 	}
 }
@@ -187,7 +188,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.sup.Error(w, r, http.StatusBadRequest, errors.New("the new token is the current one"))
 		return
 	}
-	if cur := s.creds.Load(); cur != nil && cur.usedByOthers(newPW) {
+	if cur := s.creds.Load(); cur != nil && cur.UsedByOthers(newPW) {
 		s.sup.Error(w, r, http.StatusBadRequest, errNewIsAgentPassword)
 		return
 	}
@@ -202,20 +203,20 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.sup.Error(w, r, http.StatusInternalServerError, errors.New("the bootstrap data in the datastore holds no PasswdFile, so the new token's passwd cannot be stored with it; nothing was changed: restart this server, which stores its cred/passwd there, and run token rotate again"))
 		return
 	}
-	passwd, err := ParsePasswd(pf.Content)
+	recPW, err := passwd.Parse(pf.Content)
 	if err == nil {
-		err = passwd.validate()
+		err = recPW.Validate()
 	}
 	if err != nil {
 		s.sup.Error(w, r, http.StatusInternalServerError, fmt.Errorf("passwd in the datastore: %w; nothing was changed: restart this server to repair it, and run token rotate again", err))
 		return
 	}
-	if passwd.usedByOthers(newPW) {
+	if recPW.UsedByOthers(newPW) {
 		s.sup.Error(w, r, http.StatusBadRequest, errNewIsAgentPassword)
 		return
 	}
 	now := s.clock.Now()
-	newPasswd := passwd.WithPassword(serverUser, newPW)
+	newPasswd := recPW.WithPassword(passwd.ServerUser, newPW)
 	content := newPasswd.Bytes()
 	rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: content})
 	plain, err := rec.Marshal()
@@ -266,7 +267,7 @@ func (s *Server) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		Detail: "server token changed; bootstrap data moved from " + oldKey + " to " + newKey})
 	s.log.Warn("server token rotated; other servers must be restarted with the new token", "token-file", s.layout.TokenFile())
 	hash, _ := pki.CAHash(s.cas[certs.ServerCA].BundlePEM)
-	supervisor.JSON(w, api.TokenRotateResponse{Token: token.Format(hash, serverUser, newPW), Warnings: warnings})
+	supervisor.JSON(w, api.TokenRotateResponse{Token: token.Format(hash, passwd.ServerUser, newPW), Warnings: warnings})
 }
 
 // errNewIsAgentPassword refuses a new server token whose password agents hold.

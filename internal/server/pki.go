@@ -15,6 +15,7 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -145,7 +146,7 @@ func (s *Server) reconcileLocal(ctx context.Context) (bool, error) {
 		// Without --token and token file, the server password in cred/passwd is the token
 		// (ensurePasswd takes it the same way).
 		if data, err := datadir.ReadOptional(s.layout.PasswdFile()); err == nil && data != nil {
-			if pw, err := ParsePasswd(data); err == nil {
+			if pw, err := passwd.Parse(data); err == nil {
 				if srv, ok := pw.Find("server"); ok {
 					s.tok.Password = srv.Password
 				}
@@ -390,15 +391,15 @@ func (s *Server) ensurePasswd() error {
 	if err != nil {
 		return err
 	}
-	var pw Passwd
+	var pw passwd.File
 	if data != nil {
-		if pw, err = ParsePasswd(data); err != nil {
+		if pw, err = passwd.Parse(data); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if node, ok := pw.Find(agentUser); ok {
+		if node, ok := pw.Find(passwd.AgentUser); ok {
 			s.agentPassword = node.Password
 		}
-		srv, hasServer := pw.Find(serverUser)
+		srv, hasServer := pw.Find(passwd.ServerUser)
 		if hasServer {
 			if s.tok.Password == "" {
 				s.tok.Password = srv.Password
@@ -412,7 +413,7 @@ func (s *Server) ensurePasswd() error {
 				return nil
 			}
 		}
-		if _, hasNode := pw.Find(agentUser); hasServer && hasNode {
+		if _, hasNode := pw.Find(passwd.AgentUser); hasServer && hasNode {
 			return nil
 		}
 	}
@@ -430,8 +431,8 @@ func (s *Server) ensurePasswd() error {
 	if err != nil {
 		return err
 	}
-	prefix := pw.rolePrefix()
-	pw = pw.WithUser(serverUser, prefix+":server", s.tok.Password).WithUser(agentUser, prefix+":agent", agent)
+	prefix := pw.RolePrefix()
+	pw = pw.WithUser(passwd.ServerUser, prefix+":server", s.tok.Password).WithUser(passwd.AgentUser, prefix+":agent", agent)
 	if err := datadir.WriteFile(path, pw.Bytes(), 0o600); err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/httplimit"
 	"github.com/kpki/kpki/internal/metrics"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/sdnotify"
 	"github.com/kpki/kpki/internal/supervisor"
@@ -71,7 +72,7 @@ type Server struct {
 
 	// creds is the passwd this server authenticates with: the bootstrap record's,
 	// switched with the record (settlePasswd, token rotate), not re-read from disk.
-	creds atomic.Pointer[Passwd]
+	creds atomic.Pointer[passwd.File]
 
 	ready  atomic.Bool
 	cancel context.CancelFunc

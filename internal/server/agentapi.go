@@ -1,11 +1,6 @@
 package server
 
 import (
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,12 +13,10 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/csrcheck"
 	nodeid "github.com/kpki/kpki/internal/node"
+	"github.com/kpki/kpki/internal/nodeauth"
 	"github.com/kpki/kpki/internal/nodeclaim"
 	"github.com/kpki/kpki/internal/supervisor"
 )
-
-// Node password records live under this datastore prefix, one key per node name.
-const nodePasswordPrefix = "/kpki/node-passwords/"
 
 // maxCSRBody bounds a CSR upload.
 const maxCSRBody = 64 << 10
@@ -89,7 +82,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 			ips = append(ips, ip)
 		}
 	}
-	servers, err := s.clusterServers(r.Context())
+	servers, err := s.nodes.ClusterServers(r.Context())
 	if err != nil {
 		s.signError(w, r, http.StatusInternalServerError, err)
 		return
@@ -112,8 +105,8 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		s.signError(w, r, http.StatusBadRequest, err)
 		return
 	}
-	ok, err := s.checkNodePassword(r.Context(), node, nodePW)
-	if errors.Is(err, errServerNodeName) {
+	ok, err := s.nodes.CheckNodePassword(r.Context(), node, nodePW)
+	if errors.Is(err, nodeauth.ErrServerNodeName) {
 		s.refuseClaim(w, r, node, leaf, &nodeclaim.Refused{Claim: "node name " + node, Reason: err.Error()})
 		return
 	}
@@ -137,7 +130,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		if ip := net.ParseIP(node); ip != nil {
 			claimed = append([]net.IP{ip}, ips...)
 		}
-		if err := s.recordIPClaims(r.Context(), node, claimed, r.RemoteAddr); err != nil {
+		if err := s.nodes.RecordIPClaims(r.Context(), node, claimed, r.RemoteAddr); err != nil {
 			s.signError(w, r, http.StatusInternalServerError, err)
 			return
 		}
@@ -163,41 +156,6 @@ func (s *Server) refuseClaim(w http.ResponseWriter, r *http.Request, node string
 	s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "node-claim-refused", Actor: node, RemoteAddr: r.RemoteAddr,
 		File: leaf.Name + ".crt", Detail: err.Error()})
 	s.signError(w, r, http.StatusForbidden, fmt.Errorf("refused: %w; a node may not claim the names and addresses of the cluster's servers and services", err))
-}
-
-// checkNodePassword binds a node name to the first node password it was used with.
-// The stored value is a salted SHA-256: node passwords are 128-bit random. A node name
-// a server registered (serverNodeMarker) gives errServerNodeName.
-func (s *Server) checkNodePassword(ctx context.Context, node, pw string) (bool, error) {
-	key := nodePasswordPrefix + node
-	var salt [16]byte
-	if _, err := rand.Read(salt[:]); err != nil {
-		return false, err
-	}
-	created, stored, err := s.store.CreateOrGet(ctx, key, []byte(hex.EncodeToString(salt[:])+":"+nodeHash(salt[:], pw)))
-	if err != nil {
-		return false, err
-	}
-	if created {
-		s.log.Info("registered node", "node", node)
-		return true, nil
-	}
-	if string(stored) == serverNodeMarker {
-		return false, errServerNodeName
-	}
-	saltHex, sum, ok := strings.Cut(string(stored), ":")
-	storedSalt, err := hex.DecodeString(saltHex)
-	if !ok || err != nil {
-		return false, fmt.Errorf("node password record %s is malformed", key)
-	}
-	return subtle.ConstantTimeCompare([]byte(nodeHash(storedSalt, pw)), []byte(sum)) == 1, nil
-}
-
-func nodeHash(salt []byte, pw string) string {
-	h := sha256.New()
-	h.Write(salt)
-	h.Write([]byte(pw))
-	return hex.EncodeToString(h.Sum(nil))
 }
 
 // handleServerBootstrap gives a joining server the bootstrap record in plaintext, over

@@ -20,6 +20,8 @@ import (
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/httplimit"
 	"github.com/kpki/kpki/internal/metrics"
+	"github.com/kpki/kpki/internal/nodeauth"
+	"github.com/kpki/kpki/internal/nodeclaim"
 	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/sdnotify"
@@ -68,7 +70,7 @@ type Server struct {
 	firstStart bool
 
 	servingCertV atomic.Pointer[tls.Certificate]
-	registry     serverRegistry
+	nodes        *nodeauth.Registry
 
 	// creds is the passwd this server authenticates with: the bootstrap record's,
 	// switched with the record (settlePasswd, token rotate), not re-read from disk.
@@ -201,7 +203,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	// The token files now hold the token the record is under: a recorded rotation is
 	// finished, or never reached the datastore.
 	s.dropPendingToken()
-	if err := s.registerServer(ctx); err != nil {
+	s.nodes = &nodeauth.Registry{Store: s.store, Self: s.selfRecord(), Log: s.log, Clock: s.clock, Audit: s.writeAudit}
+	if err := s.nodes.RegisterServer(ctx); err != nil {
 		return err
 	}
 	if datadir.Exists(s.layout.ForceRestart()) {
@@ -225,7 +228,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
-	s.goBackground(func() error { s.watchServers(bctx); return nil }, "server registry watch")
+	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {
@@ -354,3 +357,13 @@ func (s *Server) loadServingCert() error {
 }
 
 func (s *Server) servingCert() *tls.Certificate { return s.servingCertV.Load() }
+
+// selfRecord is what this server owns.
+func (s *Server) selfRecord() nodeclaim.Server {
+	rec := nodeclaim.Server{NodeName: s.r.nodeName, AdvertiseAddress: s.r.advertise,
+		TLSSANs: append([]string{}, s.cfg.TLSSANs...), ServiceCIDR: s.cfg.ServiceCIDR, ClusterDomain: s.cfg.ClusterDomain}
+	for _, ip := range s.r.nodeIPs {
+		rec.NodeIPs = append(rec.NodeIPs, ip.String())
+	}
+	return rec
+}

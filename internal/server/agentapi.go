@@ -12,6 +12,7 @@ import (
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/csrcheck"
+	"github.com/kpki/kpki/internal/membership"
 	nodeid "github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/nodeauth"
 	"github.com/kpki/kpki/internal/nodeclaim"
@@ -179,26 +180,15 @@ func (s *Server) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
 	w.Write(plain)
 }
 
-// EtcdMember is one member of the embedded etcd cluster.
-type EtcdMember struct {
-	Name       string   `json:"name"`
-	PeerURLs   []string `json:"peer_urls"`
-	ClientURLs []string `json:"client_urls"`
-}
-
 func (s *Server) handleEtcdMembers(w http.ResponseWriter, r *http.Request) {
 	if s.embedded == nil {
 		s.sup.Error(w, r, http.StatusNotFound, errors.New("this server uses an external datastore"))
 		return
 	}
-	resp, err := s.store.Client().MemberList(r.Context())
+	out, err := membership.List(r.Context(), s.store.Client())
 	if err != nil {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
-	}
-	var out []EtcdMember
-	for _, m := range resp.Members {
-		out = append(out, EtcdMember{Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs})
 	}
 	supervisor.JSON(w, out)
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/passwd"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/supervisor"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -45,8 +46,6 @@ const settleAttempts = 5
 // An --agent-token that is not the cluster's agent password is refused: changing the
 // agent password of a running cluster from one server's flags would cut off agents.
 func (s *Server) settlePasswd(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if given := s.cfg.agentTokenPassword(); given != "" && given == s.tok.Password {
 		return errAgentTokenIsServerToken
 	}
@@ -75,7 +74,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		now := s.clock.Now()
 		content := pw.Bytes()
 		rec.Set("PasswdFile", bootstrap.File{Timestamp: now.UTC(), Content: content})
-		newRev, err := s.storeRecord(ctx, s.bootstrapKey, rev, rec)
+		newRev, err := record.Update(ctx, s.store, s.tok.Password, rev, rec)
 		if errors.Is(err, datastore.ErrConflict) {
 			// Another server changed the record meanwhile (maybe settling the same passwd):
 			// look again.
@@ -84,7 +83,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("store the repaired passwd in the datastore: %w", err)
 		}
-		s.bootstrapRev.Store(newRev)
+		s.own.Set(newRev)
 		s.useCreds(pw)
 		if err := datadir.WriteFileWithTime(s.layout.PasswdFile(), content, 0o600, now); err != nil {
 			return fmt.Errorf("the repaired passwd is stored in the datastore, but %w; it is written from there at the next start", err)
@@ -96,7 +95,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		if newAgent {
 			msg += "; new agents get the distinct agent password of the agent token file, agents holding the server token or the old agent token keep working"
 		}
-		s.log.Warn(msg, "passwd", s.layout.PasswdFile(), "agent-token", s.layout.AgentTokenFile(), "bootstrap-key", s.bootstrapKey)
+		s.log.Warn(msg, "passwd", s.layout.PasswdFile(), "agent-token", s.layout.AgentTokenFile(), "bootstrap-key", bootstrap.KeyName(s.tok.Password))
 		s.writeAudit(audit.Entry{Time: now.UTC(), Action: "passwd-repair", Actor: "kpki", Detail: why})
 		return nil
 	}

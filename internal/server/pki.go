@@ -17,13 +17,12 @@ import (
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/token"
 )
 
 // startPKI brings the datastore and the PKI on disk to the state the cluster needs.
 func (s *Server) startPKI(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.embeddedEtcd() {
 		st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
 			CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
@@ -154,7 +153,7 @@ func (s *Server) reconcileLocal(ctx context.Context) (bool, error) {
 		}
 	}
 	rec, _, err := s.readRecord(ctx)
-	if errors.Is(err, ErrDifferentToken) && local.Members > 1 && len(s.missingCAFiles()) == 0 {
+	if errors.Is(err, record.ErrDifferentToken) && local.Members > 1 && len(s.missingCAFiles()) == 0 {
 		// The record may have moved to this token's key (token rotate) while this member
 		// was down; the cluster answers once the member has rejoined.
 		s.log.Info("this etcd member holds no bootstrap data for the token; reading it from the cluster once the member has rejoined")
@@ -349,7 +348,7 @@ func (s *Server) loadCAs() error {
 		}
 		cas[c.ID] = ca
 	}
-	s.cas = cas
+	s.cas.Store(&cas)
 	return nil
 }
 
@@ -455,7 +454,7 @@ func (s *Server) ensureLeaves(actor string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		ca := s.cas[l.Signer]
+		ca := s.caSet()[l.Signer]
 		want := l.Profile(params)
 		d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
 		if err != nil {
@@ -570,10 +569,16 @@ func usageString(c *x509.Certificate) string {
 }
 
 func (s *Server) serverCABundle() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ca := s.cas[certs.ServerCA]; ca != nil {
+	if ca := s.caSet()[certs.ServerCA]; ca != nil {
 		return ca.BundlePEM
+	}
+	return nil
+}
+
+// caSet returns the loaded CAs (nil before loadCAs).
+func (s *Server) caSet() map[certs.CAID]*pki.CA {
+	if p := s.cas.Load(); p != nil {
+		return *p
 	}
 	return nil
 }

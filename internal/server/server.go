@@ -25,6 +25,7 @@ import (
 	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/sdnotify"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/supervisor"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -56,16 +57,21 @@ type Server struct {
 	store    *datastore.Store
 	embedded *datastore.Embedded
 
-	mu  sync.Mutex // serializes PKI changes (start-up, renewer)
-	cas map[certs.CAID]*pki.CA
+	// pkiMu serializes changes of the PKI files once the server runs (renewer, token
+	// rotate); stateMu guards tok and agentPassword then. Neither is held across a
+	// datastore or network call.
+	pkiMu   sync.Mutex
+	stateMu sync.Mutex
+	// cas are the loaded CAs; a loaded map is never changed, only replaced.
+	cas atomic.Pointer[map[certs.CAID]*pki.CA]
 	tok token.Token
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
 	// rotating: this start follows `certificate rotate` (the force-restart marker).
 	rotating      bool
 	agentPassword string
-	bootstrapKey  string
-	bootstrapRev  atomic.Int64
+	// own is the last revision of the bootstrap record this server read or wrote.
+	own record.Own
 	// firstStart is set while this server creates the cluster's bootstrap data.
 	firstStart bool
 
@@ -125,9 +131,6 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	return s, nil
 }
-
-// Layout returns the server's data dir layout.
-func (s *Server) Layout() datadir.Layout { return s.layout }
 
 // Metrics returns the server's metrics.
 func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
@@ -202,7 +205,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	// The token files now hold the token the record is under: a recorded rotation is
 	// finished, or never reached the datastore.
-	s.dropPendingToken()
+	s.DropPendingToken()
 	s.nodes = &nodeauth.Registry{Store: s.store, Self: s.selfRecord(), Log: s.log, Clock: s.clock, Audit: s.writeAudit}
 	if err := s.nodes.RegisterServer(ctx); err != nil {
 		return err
@@ -217,8 +220,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
 	s.sup.SetCertificate(s.servingCert())
-	s.registerAPI()
-	s.registerAgentAPI()
+	s.handlers().Register()
 
 	bctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -258,9 +260,6 @@ func (s *Server) goBackground(f func() error, name string) {
 		}
 	}()
 }
-
-// Fatal delivers the first error of a background component.
-func (s *Server) Fatal() <-chan error { return s.fatal }
 
 // Stop shuts everything down and releases the data dir.
 func (s *Server) Stop() {

@@ -1,4 +1,4 @@
-package server
+package handlers
 
 import (
 	"errors"
@@ -12,48 +12,32 @@ import (
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/csrcheck"
-	"github.com/kpki/kpki/internal/membership"
 	nodeid "github.com/kpki/kpki/internal/node"
 	"github.com/kpki/kpki/internal/nodeauth"
 	"github.com/kpki/kpki/internal/nodeclaim"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/supervisor"
 )
 
 // maxCSRBody bounds a CSR upload.
 const maxCSRBody = 64 << 10
 
-func (s *Server) registerAgentAPI() {
-	both := []supervisor.Role{supervisor.RoleServer, supervisor.RoleAgent}
-	for _, l := range certs.Select(certs.AgentNode, nil) {
-		leaf := l
-		s.sup.Handle("POST "+api.SignPath(leaf.Name), s.sup.Require(func(w http.ResponseWriter, r *http.Request) {
-			s.handleSign(w, r, leaf)
-		}, both...))
-	}
-	s.sup.Handle("GET "+api.PathServerCA, s.sup.Require(s.caHandler(certs.ServerCA), both...))
-	s.sup.Handle("GET "+api.PathClientCA, s.sup.Require(s.caHandler(certs.ClientCA), both...))
-	s.sup.Handle("GET "+api.PathServerBootstrap, s.sup.Require(s.handleServerBootstrap, supervisor.RoleServer))
-	s.sup.Handle("GET "+api.PathEtcdMembers, s.sup.Require(s.handleEtcdMembers, supervisor.RoleServer))
-}
-
-func (s *Server) caHandler(id certs.CAID) http.HandlerFunc {
+func (s *API) caHandler(id certs.CAID) http.HandlerFunc {
 	return func(w http.ResponseWriter, _ *http.Request) {
-		s.mu.Lock()
-		ca := s.cas[id]
-		s.mu.Unlock()
+		ca := s.Host.CAs()[id]
 		w.Header().Set("Content-Type", "application/x-pem-file")
 		w.Write(ca.BundlePEM)
 	}
 }
 
 // signError answers a failed signing request and counts it.
-func (s *Server) signError(w http.ResponseWriter, r *http.Request, code int, err error) {
+func (s *API) signError(w http.ResponseWriter, r *http.Request, code int, err error) {
 	result := map[int]string{http.StatusBadRequest: "bad_request", http.StatusForbidden: "forbidden",
 		http.StatusRequestEntityTooLarge: "bad_request"}[code]
 	if result == "" {
 		result = "error"
 	}
-	s.metrics.JoinRequests.WithLabelValues(result).Inc()
+	s.Metrics.JoinRequests.WithLabelValues(result).Inc()
 	s.datastoreError(w, r, code, err)
 }
 
@@ -61,7 +45,7 @@ func (s *Server) signError(w http.ResponseWriter, r *http.Request, code int, err
 // decides subject, SANs, usages and validity from the certificate table. A node may not
 // claim a name or IP of the cluster's servers or services (package nodeclaim), and the
 // refusal comes before anything is registered for the node.
-func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.Leaf) {
+func (s *API) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.Leaf) {
 	node := strings.ToLower(strings.TrimSpace(r.Header.Get(api.HeaderNodeName)))
 	nodePW := r.Header.Get(api.HeaderNodePassword)
 	if node == "" || nodePW == "" {
@@ -83,7 +67,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 			ips = append(ips, ip)
 		}
 	}
-	servers, err := s.nodes.ClusterServers(r.Context())
+	servers, err := s.Nodes.ClusterServers(r.Context())
 	if err != nil {
 		s.signError(w, r, http.StatusInternalServerError, err)
 		return
@@ -106,7 +90,7 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		s.signError(w, r, http.StatusBadRequest, err)
 		return
 	}
-	ok, err := s.nodes.CheckNodePassword(r.Context(), node, nodePW)
+	ok, err := s.Nodes.CheckNodePassword(r.Context(), node, nodePW)
 	if errors.Is(err, nodeauth.ErrServerNodeName) {
 		s.refuseClaim(w, r, node, leaf, &nodeclaim.Refused{Claim: "node name " + node, Reason: err.Error()})
 		return
@@ -116,76 +100,72 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request, leaf certs.L
 		return
 	}
 	if !ok {
-		s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "node-password-mismatch", Actor: node, RemoteAddr: r.RemoteAddr,
+		s.writeAudit(audit.Entry{Time: s.now().UTC(), Action: "node-password-mismatch", Actor: node, RemoteAddr: r.RemoteAddr,
 			Detail: "a request for " + leaf.Name + " claimed a node name registered with another node password"})
 		s.signError(w, r, http.StatusForbidden, fmt.Errorf("node %s is registered with another node password; a second host cannot take over its identity", node))
 		return
 	}
-	s.mu.Lock()
-	ca := s.cas[leaf.Signer]
-	s.mu.Unlock()
-	prof := leaf.Profile(certs.Params{NodeName: node, NodeIPs: ips, ClusterDomain: s.cfg.ClusterDomain})
+	ca := s.Host.CAs()[leaf.Signer]
+	prof := leaf.Profile(certs.Params{NodeName: node, NodeIPs: ips, ClusterDomain: s.ClusterDomain})
 	if leaf.SANs == certs.KubeletSANs {
 		// The node's own claims; the profile's fixed names (localhost, 127.0.0.1) are not.
 		claimed := ips
 		if ip := net.ParseIP(node); ip != nil {
 			claimed = append([]net.IP{ip}, ips...)
 		}
-		if err := s.nodes.RecordIPClaims(r.Context(), node, claimed, r.RemoteAddr); err != nil {
+		if err := s.Nodes.RecordIPClaims(r.Context(), node, claimed, r.RemoteAddr); err != nil {
 			s.signError(w, r, http.StatusInternalServerError, err)
 			return
 		}
 	}
-	cert, err := s.issuer.SignLeaf(ca, csr.PublicKey, prof, s.r.validity)
+	cert, err := s.Issuer.SignLeaf(ca, csr.PublicKey, prof, s.Validity)
 	if err != nil {
 		s.signError(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	s.metrics.JoinRequests.WithLabelValues("ok").Inc()
-	s.metrics.Issued.WithLabelValues(leaf.Kind).Inc()
+	s.Metrics.JoinRequests.WithLabelValues("ok").Inc()
+	s.Metrics.Issued.WithLabelValues(leaf.Kind).Inc()
 	e := audit.CertEntry("issue", node, leaf.Name+".crt", cert, nil)
-	e.Time, e.RemoteAddr = s.clock.Now().UTC(), r.RemoteAddr
+	e.Time, e.RemoteAddr = s.now().UTC(), r.RemoteAddr
 	s.writeAudit(e)
-	s.log.Info("issued node certificate", "node", node, "certificate", leaf.Name, "serial", audit.SerialHex(cert), "remote", r.RemoteAddr)
+	s.Log.Info("issued node certificate", "node", node, "certificate", leaf.Name, "serial", audit.SerialHex(cert), "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "application/x-pem-file")
 	w.Write(certs.BuildCertFile(cert, ca))
 }
 
 // refuseClaim answers a request that claims a name or IP the node may not have: 403
 // with the reason, counted and audited like a node-password mismatch.
-func (s *Server) refuseClaim(w http.ResponseWriter, r *http.Request, node string, leaf certs.Leaf, err error) {
-	s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "node-claim-refused", Actor: node, RemoteAddr: r.RemoteAddr,
+func (s *API) refuseClaim(w http.ResponseWriter, r *http.Request, node string, leaf certs.Leaf, err error) {
+	s.writeAudit(audit.Entry{Time: s.now().UTC(), Action: "node-claim-refused", Actor: node, RemoteAddr: r.RemoteAddr,
 		File: leaf.Name + ".crt", Detail: err.Error()})
 	s.signError(w, r, http.StatusForbidden, fmt.Errorf("refused: %w; a node may not claim the names and addresses of the cluster's servers and services", err))
 }
 
 // handleServerBootstrap gives a joining server the bootstrap record in plaintext, over
 // TLS the joiner verified against its token's CA hash, to a caller holding the server token.
-func (s *Server) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	rec, _, err := s.currentRecord(r.Context())
-	s.mu.Unlock()
+func (s *API) handleServerBootstrap(w http.ResponseWriter, r *http.Request) {
+	rec, _, err := record.Current(r.Context(), s.Store, s.Host.Password())
 	if err != nil {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
 	plain, err := rec.Marshal()
 	if err != nil {
-		s.sup.Error(w, r, http.StatusInternalServerError, err)
+		s.Sup.Error(w, r, http.StatusInternalServerError, err)
 		return
 	}
-	s.writeAudit(audit.Entry{Time: s.clock.Now().UTC(), Action: "server-bootstrap", Actor: supervisor.CallerFrom(r.Context()).User,
+	s.writeAudit(audit.Entry{Time: s.now().UTC(), Action: "server-bootstrap", Actor: supervisor.CallerFrom(r.Context()).User,
 		RemoteAddr: r.RemoteAddr, Detail: "bootstrap data sent to a joining server"})
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(plain)
 }
 
-func (s *Server) handleEtcdMembers(w http.ResponseWriter, r *http.Request) {
-	if s.embedded == nil {
-		s.sup.Error(w, r, http.StatusNotFound, errors.New("this server uses an external datastore"))
+func (s *API) handleEtcdMembers(w http.ResponseWriter, r *http.Request) {
+	if s.Members == nil {
+		s.Sup.Error(w, r, http.StatusNotFound, errors.New("this server uses an external datastore"))
 		return
 	}
-	out, err := membership.List(r.Context(), s.store.Client())
+	out, err := s.Members(r.Context())
 	if err != nil {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kpki/kpki/internal/api"
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/kubeconfig"
@@ -90,8 +92,8 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 			continue
 		}
 		errs = append(errs, err)
-		var pe *planError
-		if !errors.As(err, &pe) {
+		var fe *certapply.FileError
+		if !errors.As(err, &fe) {
 			break // the server or the network failed: the other leaves would fail alike
 		}
 	}
@@ -175,96 +177,37 @@ func printable(s string) bool {
 	return true
 }
 
-// planError is a problem with the files on disk, not with the server.
-type planError struct{ err error }
-
-func (e *planError) Error() string { return e.err.Error() }
-func (e *planError) Unwrap() error { return e.err }
-
 // ensureLeaf plans one leaf and has the server sign it when it is due.
 func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, want pki.LeafProfile, ca *pki.CA, nodePassword string, res *Result) error {
 	crt, kf := a.leafFiles(l)
-	certPEM, err := datadir.ReadOptional(crt)
-	if err != nil {
-		return &planError{err}
-	}
-	keyPEM, err := datadir.ReadOptional(kf)
-	if err != nil {
-		return &planError{err}
-	}
-	pol := certs.Policy{Now: a.clock.Now(), RenewBefore: a.renewBefore}
-	d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
-	if err != nil {
-		file := crt
-		var ce *certs.CorruptError
-		if errors.As(err, &ce) && ce.What == "key" {
-			file = kf
-		}
-		return &planError{fmt.Errorf("%s: %w; remove the certificate and key, or run `kpki certificate rotate --service %s`, to have them issued again", file, err, l.Service)}
-	}
-	switch d.Action {
-	case certs.Keep:
-		return nil
-	case certs.Rebundle:
-		if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), fileMode); err != nil {
-			return &planError{err}
-		}
-		res.Rebundled = append(res.Rebundled, crt)
-		res.Written = append(res.Written, crt)
-		a.log.Info("rewrote the CA bundle of certificate", "file", crt, "reason", d.Reason)
-		return nil
-	}
-
-	var key crypto.Signer = d.Key
-	var keyOut []byte
-	if d.Action == certs.Issue {
-		k, err := a.issuer.NewECKey()
+	app := &certapply.Applier{Issuer: a.issuer, Log: a.log, Clock: a.clock, RenewBefore: a.renewBefore}
+	leaf := certapply.Leaf{Row: l, Want: want, CA: ca, CertFile: crt, KeyFile: kf, Actor: a.nodeName}
+	out, err := app.Apply(ctx, leaf, func(ctx context.Context, key crypto.Signer, want pki.LeafProfile) (*x509.Certificate, error) {
+		csr, err := BuildCSR(key, want)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		key = k
-		if keyOut, err = pki.EncodeKey(k); err != nil {
-			return err
+		body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
+		if err != nil {
+			return nil, err
 		}
-	}
-	csr, err := BuildCSR(key, want)
+		cert, err := CheckReply(body, key.Public(), ca)
+		if err != nil {
+			return nil, fmt.Errorf("POST %s at %s: %w", api.SignPath(l.Name), c.BaseURL, err)
+		}
+		return cert, nil
+	})
+	res.Written = append(res.Written, out.Written...)
 	if err != nil {
 		return err
 	}
-	body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
-	if err != nil {
-		return err
-	}
-	leaf, err := CheckReply(body, key.Public(), ca)
-	if err != nil {
-		return fmt.Errorf("POST %s at %s: %w", api.SignPath(l.Name), c.BaseURL, err)
-	}
-	file := certs.BuildCertFile(leaf, ca)
-	if err := datadir.WritePair(crt, file, kf, keyOut); err != nil {
-		return &planError{err}
-	}
-	res.Written = append(res.Written, crt)
-	if keyOut != nil {
-		res.Written = append(res.Written, kf)
-	}
-	if d.Action == certs.Issue {
+	switch {
+	case out.Decision.Action == certs.Rebundle:
+		res.Rebundled = append(res.Rebundled, crt)
+	case out.Decision.Action == certs.Issue:
 		res.Issued = append(res.Issued, crt)
-	} else {
+	case out.Decision.Action == certs.Renew:
 		res.Renewed = append(res.Renewed, crt)
-	}
-	attrs := []any{"file", crt, "reason", d.Reason, "new-expiry", leaf.NotAfter.UTC()}
-	if d.Cert != nil {
-		attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
-	}
-	_, message := d.Applied()
-	a.log.Info(message, attrs...)
-
-	if keyOut == nil {
-		keyOut = keyPEM
-	}
-	if again, err := certs.Plan(want, certs.Existing{CertPEM: file, KeyPEM: keyOut}, ca, pol); err == nil && again.Action != certs.Keep {
-		a.log.Warn("the server signed a certificate that the agent will want to renew again at its next pass (is the server's --cert-validity-days longer than the agent's --renew-before-days?)",
-			"file", crt, "reason", again.Reason)
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/audit"
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
@@ -442,74 +444,33 @@ func (s *Server) ensurePasswd() error {
 // ensureLeaves plans and applies every server leaf; it returns the files it changed.
 func (s *Server) ensureLeaves(actor string) ([]string, error) {
 	var changed []string
-	pol := certs.Policy{Now: s.clock.Now(), RenewBefore: s.r.renewBefore}
+	app := s.applier()
 	params := s.params()
+	cas := s.caSet()
 	for _, l := range certs.Select(certs.ServerNode, nil) {
 		crt, kf := s.leafPaths(l.Node, l.Name)
-		certPEM, err := datadir.ReadOptional(crt)
+		ca := cas[l.Signer]
+		leaf := certapply.Leaf{Row: l, Want: l.Profile(params), CA: ca, CertFile: crt, KeyFile: kf, Actor: actor}
+		if s.rotating {
+			leaf.MissingReason = "removed by `kpki certificate rotate`"
+		}
+		out, err := app.Apply(context.Background(), leaf, func(_ context.Context, key crypto.Signer, want pki.LeafProfile) (*x509.Certificate, error) {
+			return s.issuer.SignLeaf(ca, key.Public(), want, s.r.validity)
+		})
 		if err != nil {
 			return nil, err
 		}
-		keyPEM, err := datadir.ReadOptional(kf)
-		if err != nil {
-			return nil, err
-		}
-		ca := s.caSet()[l.Signer]
-		want := l.Profile(params)
-		d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
-		if err != nil {
-			var ce *certs.CorruptError
-			file := crt
-			if errors.As(err, &ce) && ce.What == "key" {
-				file = kf
-			}
-			return nil, fmt.Errorf("%s: %w; remove the certificate and key, or run `kpki certificate rotate --service %s`, to have them issued again", file, err, l.Service)
-		}
-		switch d.Action {
-		case certs.Keep:
-			continue
-		case certs.Rebundle:
-			if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), 0o600); err != nil {
-				return nil, err
-			}
+		if len(out.Written) > 0 {
 			changed = append(changed, crt)
-			continue
 		}
-		key := d.Key
-		var keyOut []byte
-		if d.Action == certs.Issue {
-			k, err := s.issuer.NewECKey()
-			if err != nil {
-				return nil, err
-			}
-			key = k
-			if keyOut, err = pki.EncodeKey(k); err != nil {
-				return nil, err
-			}
-		}
-		cert, err := s.issuer.SignLeaf(ca, key.Public(), want, s.r.validity)
-		if err != nil {
-			return nil, err
-		}
-		if err := datadir.WritePair(crt, certs.BuildCertFile(cert, ca), kf, keyOut); err != nil {
-			return nil, err
-		}
-		changed = append(changed, crt)
-		action, message := d.Applied()
-		s.metrics.Issued.WithLabelValues(l.Kind).Inc()
-		s.auditCert(action, actor, crt, cert, d.Cert)
-		reason := d.Reason
-		if d.Cert == nil && s.rotating {
-			reason = "removed by `kpki certificate rotate`"
-		}
-		attrs := []any{"file", crt, "reason", reason, "new-expiry", cert.NotAfter.UTC()}
-		if d.Cert != nil {
-			attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
-		}
-		s.log.Info(message, attrs...)
 	}
 	s.updateExpiryMetrics()
 	return changed, nil
+}
+
+// applier applies the planner's decisions for this server's leaves.
+func (s *Server) applier() *certapply.Applier {
+	return &certapply.Applier{Issuer: s.issuer, Log: s.log, Clock: s.clock, RenewBefore: s.r.renewBefore, Audit: s.writeAudit, Metrics: s.metrics}
 }
 
 func (s *Server) params() certs.Params {

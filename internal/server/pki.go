@@ -23,102 +23,15 @@ import (
 	"github.com/kpki/kpki/internal/token"
 )
 
-// startPKI brings the datastore and the PKI on disk to the state the cluster needs.
-func (s *Server) startPKI(ctx context.Context) error {
-	if !s.embeddedEtcd() {
-		st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
-			CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
-		}, 15*time.Second)
-		if err != nil {
-			return err
-		}
-		s.store = st
-		found, _, err := s.reconcile(ctx)
-		if err != nil {
-			return err
-		}
-		if !found {
-			s.firstStart = true
-			if err := s.initCAs(); err != nil {
-				return err
-			}
-		}
-		if err := s.buildPKI("start-up"); err != nil {
-			return err
-		}
-		if !found {
-			return s.saveRecord(ctx)
-		}
-		return nil
-	}
-
-	if s.cfg.ServerURL == "" {
-		gone, err := datastore.DiscardUnbootstrapped(s.layout.EtcdDir())
-		if err != nil {
-			return err
-		}
-		if gone {
-			s.log.Warn("removed an embedded etcd member whose first start was interrupted before it wrote anything; starting it anew", "dir", s.layout.EtcdDir())
-		}
-	}
-	member := s.hasEtcdMember()
-	if !member && s.cfg.ServerURL != "" {
-		if err := s.joinCluster(ctx); err != nil {
-			return err
-		}
-		found, _, err := s.reconcile(ctx)
-		if err != nil {
-			return err
-		}
-		if !found {
-			return errors.New("joined the etcd cluster but found no bootstrap data for this token in it")
-		}
-		return nil
-	}
-	if member {
-		found, err := s.reconcileLocal(ctx)
-		if err != nil {
-			return err
-		}
-		if missing := s.missingCAFiles(); len(missing) > 0 {
-			if found {
-				return fmt.Errorf("CA files are missing (%s) and the bootstrap data in this server's etcd member does not hold them: restore them from a backup",
-					strings.Join(missing, ", "))
-			}
-			return fmt.Errorf("etcd data exists in %s but holds no bootstrap data for this token, and CA files are missing (%s): start with the cluster's token, restore the files from a backup, or remove %s to start a new cluster",
-				s.layout.EtcdDir(), strings.Join(missing, ", "), s.layout.EtcdDir())
-		}
-	} else {
-		s.firstStart = true
-		if err := s.initCAs(); err != nil {
-			return err
-		}
-	}
-	if err := s.buildPKI("start-up"); err != nil {
-		return err
-	}
-	if err := s.startEtcd(ctx); err != nil {
-		return err
-	}
-	found, changed, err := s.reconcile(ctx)
+// connectExternal opens the external datastore.
+func (s *Server) connectExternal(ctx context.Context) error {
+	st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
+		CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
+	}, 15*time.Second)
 	if err != nil {
 		return err
 	}
-	if !found {
-		return s.saveRecord(ctx)
-	}
-	if len(changed) > 0 {
-		etcdBefore := s.etcdCertFingerprint()
-		if err := s.buildPKI("start-up"); err != nil {
-			return err
-		}
-		if s.etcdCertFingerprint() != etcdBefore {
-			s.log.Info("etcd certificates changed with the CAs from the datastore; restarting embedded etcd")
-			s.embedded.Close()
-			s.embedded, s.store = nil, nil
-			return s.startEtcd(ctx)
-		}
-	}
+	s.store = st
 	return nil
 }
 

@@ -28,29 +28,11 @@ const fileMode fs.FileMode = 0o600
 // token; nothing secret is sent before that TLS is up.
 func (a *Agent) pass(ctx context.Context) (Result, error) {
 	var res Result
-
-	tr, err := a.fetchTrust(ctx)
-	if err != nil {
-		return res, err
-	}
-	c, err := a.client(tr)
+	c, cas, err := a.connect(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer c.Close()
-	_, serverList, err := a.getBundle(ctx, c, api.PathServerCA)
-	if err != nil {
-		return res, err
-	}
-	if !trust.SameCerts(serverList, tr.Served) {
-		return res, fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", c.BaseURL, api.PathCACerts, api.PathServerCA)
-	}
-	clientPEM, clientList, err := a.getBundle(ctx, c, api.PathClientCA)
-	if err != nil {
-		return res, err
-	}
-	a.acceptTrust(tr)
-
 	if err := a.takeLock(); err != nil {
 		return res, err
 	}
@@ -58,49 +40,104 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	// The server CA the node keeps is the verified chain to the anchor, never the other
-	// certificates of the served bundle.
-	cas := map[certs.CAID]*pki.CA{
-		certs.ServerCA: tr.CA(),
-		certs.ClientCA: {Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM},
+	for _, step := range []func() error{
+		func() error { return a.writeCABundles(cas, &res) },
+		func() error { return a.ensureLeaves(ctx, c, cas, pw, &res) },
+		func() error { return a.writeKubeconfigs(&res) },
+		a.dropForceRestart,
+	} {
+		if err := step(); err != nil {
+			return res, err
+		}
 	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{ServerCAFile, tr.PEM}, {ClientCAFile, clientPEM}} {
+	return res, nil
+}
+
+// connect pins or follows the server CA, opens the verified client and fetches the CA
+// bundles; the trust is accepted only once both bundles agree with it. The server CA
+// the node keeps is the verified chain to the anchor, never the other certificates of
+// the served bundle.
+func (a *Agent) connect(ctx context.Context) (*api.Client, map[certs.CAID]caFile, error) {
+	tr, err := a.fetchTrust(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := a.client(tr)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, serverList, err := a.getBundle(ctx, c, api.PathServerCA)
+	if err == nil && !trust.SameCerts(serverList, tr.Served) {
+		err = fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", c.BaseURL, api.PathCACerts, api.PathServerCA)
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	clientPEM, clientList, err := a.getBundle(ctx, c, api.PathClientCA)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	a.acceptTrust(tr)
+	return c, map[certs.CAID]caFile{
+		certs.ServerCA: {ServerCAFile, tr.PEM, tr.CA()},
+		certs.ClientCA: {ClientCAFile, clientPEM, &pki.CA{Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM}},
+	}, nil
+}
+
+// caFile is a CA the agent keeps: its file under <dd>/agent, the bytes written there,
+// and the CA its leaves are checked against.
+type caFile struct {
+	name string
+	data []byte
+	ca   *pki.CA
+}
+
+// writeCABundles writes server-ca.crt and client-ca.crt when they changed.
+func (a *Agent) writeCABundles(cas map[certs.CAID]caFile, res *Result) error {
+	for _, id := range []certs.CAID{certs.ServerCA, certs.ClientCA} {
+		f := cas[id]
 		path := a.layout.Agent(f.name)
 		changed, err := datadir.WriteIfChanged(path, f.data, fileMode)
 		if err != nil {
-			return res, err
+			return err
 		}
 		if changed {
 			res.Written = append(res.Written, path)
-			a.log.Info("wrote CA bundle", "file", path, "subject", cas[caOfFile(f.name)].Cert.Subject.String())
+			a.log.Info("wrote CA bundle", "file", path, "subject", f.ca.Cert.Subject.String())
 		}
 	}
+	return nil
+}
 
+// ensureLeaves brings every agent leaf up to date. A problem with one leaf's files does
+// not stop the others; a failure of the server or the network does, since the other
+// leaves would fail alike.
+func (a *Agent) ensureLeaves(ctx context.Context, c *api.Client, cas map[certs.CAID]caFile, nodePassword string, res *Result) error {
 	var errs []error
 	params := certs.Params{NodeName: a.nodeName, NodeIPs: a.nodeIPs}
 	for _, l := range certs.Select(certs.AgentNode, nil) {
-		ca := cas[l.Signer]
-		if ca == nil {
+		f, ok := cas[l.Signer]
+		if !ok {
 			errs = append(errs, fmt.Errorf("%s: signer %s is not a CA the agent fetches", l.Name, l.Signer))
 			continue
 		}
-		err := a.ensureLeaf(ctx, c, l, l.Profile(params), ca, pw, &res)
+		err := a.ensureLeaf(ctx, c, l, l.Profile(params), f.ca, nodePassword, res)
 		if err == nil {
 			continue
 		}
 		errs = append(errs, err)
 		var fe *certapply.FileError
 		if !errors.As(err, &fe) {
-			break // the server or the network failed: the other leaves would fail alike
+			break
 		}
 	}
-	if len(errs) > 0 {
-		return res, errors.Join(errs...)
-	}
+	return errors.Join(errs...)
+}
 
+// writeKubeconfigs writes the agent's kubeconfigs when they changed.
+func (a *Agent) writeKubeconfigs(res *Result) error {
 	for _, k := range Kubeconfigs {
 		path := a.layout.Agent(k.File)
 		data, err := kubeconfig.RenderFiles(kubeconfig.Files{
@@ -110,33 +147,32 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 			ClientKeyFile:  a.layout.Agent(k.Leaf + ".key"),
 		})
 		if err != nil {
-			return res, fmt.Errorf("render %s: %w", path, err)
+			return fmt.Errorf("render %s: %w", path, err)
 		}
 		changed, err := datadir.WriteIfChanged(path, data, fileMode)
 		if err != nil {
-			return res, err
+			return err
 		}
 		if changed {
 			res.Written = append(res.Written, path)
 			a.log.Info("wrote kubeconfig", "file", path, "server", a.apiServer)
 		}
 	}
-
-	marker := a.layout.ForceRestart()
-	if datadir.Exists(marker) {
-		if err := os.Remove(marker); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return res, fmt.Errorf("remove %s: %w", marker, err)
-		}
-		a.log.Info("removed the force-restart marker", "file", marker)
-	}
-	return res, nil
+	return nil
 }
 
-func caOfFile(name string) certs.CAID {
-	if name == ServerCAFile {
-		return certs.ServerCA
+// dropForceRestart removes the marker `certificate rotate` leaves: the pass has
+// re-issued what it removed.
+func (a *Agent) dropForceRestart() error {
+	marker := a.layout.ForceRestart()
+	if !datadir.Exists(marker) {
+		return nil
 	}
-	return certs.ClientCA
+	if err := os.Remove(marker); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", marker, err)
+	}
+	a.log.Info("removed the force-restart marker", "file", marker)
+	return nil
 }
 
 // ensureNodePassword reads <dd>/agent/node-password, creating it on the first join.

@@ -103,13 +103,6 @@ func (s *Store) enter(ctx context.Context, op, key string) error {
 	return nil
 }
 
-// Revision is the store's current revision.
-func (s *Store) Revision() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.rev
-}
-
 // Value returns key's value and whether it exists, bypassing hooks and counters.
 func (s *Store) Value(key string) ([]byte, bool) {
 	s.mu.Lock()
@@ -247,21 +240,6 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	}
 	defer s.mu.Unlock()
 	s.put(key, value)
-	return nil
-}
-
-// Delete removes key; deleting a missing key does nothing.
-func (s *Store) Delete(ctx context.Context, key string) error {
-	if err := s.enter(ctx, "delete", key); err != nil {
-		return err
-	}
-	defer s.mu.Unlock()
-	if _, ok := s.kv[key]; !ok {
-		return nil
-	}
-	s.rev++
-	delete(s.kv, key)
-	s.notify(datastore.Event{Key: key, Revision: s.rev, Deleted: true})
 	return nil
 }
 

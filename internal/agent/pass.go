@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/kpki/kpki/internal/api"
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/kubeconfig"
@@ -26,30 +28,12 @@ const fileMode fs.FileMode = 0o600
 // token; nothing secret is sent before that TLS is up.
 func (a *Agent) pass(ctx context.Context) (Result, error) {
 	var res Result
-
 	a.log.Debug("certificate pass", "server", a.base.String(), "node", a.nodeName)
-	tr, err := a.fetchTrust(ctx)
-	if err != nil {
-		return res, err
-	}
-	c, err := a.client(tr)
+	c, cas, err := a.connect(ctx)
 	if err != nil {
 		return res, err
 	}
 	defer c.Close()
-	_, serverList, err := a.getBundle(ctx, c, api.PathServerCA)
-	if err != nil {
-		return res, err
-	}
-	if !trust.SameCerts(serverList, tr.Served) {
-		return res, fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", c.BaseURL, api.PathCACerts, api.PathServerCA)
-	}
-	clientPEM, clientList, err := a.getBundle(ctx, c, api.PathClientCA)
-	if err != nil {
-		return res, err
-	}
-	a.acceptTrust(tr)
-
 	if err := a.takeLock(); err != nil {
 		return res, err
 	}
@@ -57,77 +41,110 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	// The server CA the node keeps is the verified chain to the anchor, never the other
-	// certificates of the served bundle.
-	cas := map[certs.CAID]*pki.CA{
-		certs.ServerCA: tr.CA(),
-		certs.ClientCA: {Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM},
-	}
-	if err := a.writeCABundles(cas, &res); err != nil {
-		return res, err
-	}
-
-	var errs []error
-	params := certs.Params{NodeName: a.nodeName, NodeIPs: a.nodeIPs}
-	for _, l := range certs.Select(certs.AgentNode, nil) {
-		ca := cas[l.Signer]
-		if ca == nil {
-			errs = append(errs, fmt.Errorf("%s: signer %s is not a CA the agent fetches", l.Name, l.Signer))
-			continue
+	for _, step := range []func() error{
+		func() error { return a.writeCABundles(cas, &res) },
+		func() error { return a.ensureLeaves(ctx, c, cas, pw, &res) },
+		func() error { return a.writeKubeconfigs(&res) },
+		a.dropForceRestart,
+	} {
+		if err := step(); err != nil {
+			return res, err
 		}
-		err := a.ensureLeaf(ctx, c, l, l.Profile(params), ca, pw, &res)
-		if err == nil {
-			continue
-		}
-		errs = append(errs, err)
-		var pe *planError
-		if !errors.As(err, &pe) {
-			break // the server or the network failed: the other leaves would fail alike
-		}
-	}
-	if len(errs) > 0 {
-		return res, errors.Join(errs...)
-	}
-
-	if err := a.writeKubeconfigs(&res); err != nil {
-		return res, err
-	}
-
-	marker := a.layout.ForceRestart()
-	if datadir.Exists(marker) {
-		if err := os.Remove(marker); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return res, fmt.Errorf("remove %s: %w", marker, err)
-		}
-		a.log.Info("removed the force-restart marker", "file", marker)
 	}
 	return res, nil
 }
 
-// writeCABundles writes the copy of each CA of the table that agents keep (its
-// BundlePEM in cas) under the CA's file name.
-func (a *Agent) writeCABundles(cas map[certs.CAID]*pki.CA, res *Result) error {
+// connect pins or follows the server CA, opens the verified client and fetches the CA
+// bundles; the trust is accepted only once both bundles agree with it. The server CA
+// the node keeps is the verified chain to the anchor, never the other certificates of
+// the served bundle.
+func (a *Agent) connect(ctx context.Context) (*api.Client, map[certs.CAID]caFile, error) {
+	tr, err := a.fetchTrust(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := a.client(tr)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, serverList, err := a.getBundle(ctx, c, api.PathServerCA)
+	if err == nil && !trust.SameCerts(serverList, tr.Served) {
+		err = fmt.Errorf("the server at %s published different server CA bundles at %s and %s; retry when a CA rotation has settled", c.BaseURL, api.PathCACerts, api.PathServerCA)
+	}
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	clientPEM, clientList, err := a.getBundle(ctx, c, api.PathClientCA)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	a.acceptTrust(tr)
+	return c, map[certs.CAID]caFile{
+		certs.ServerCA: {certs.CA(certs.ServerCA).CertFile, tr.PEM, tr.CA()},
+		certs.ClientCA: {certs.CA(certs.ClientCA).CertFile, clientPEM, &pki.CA{Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM}},
+	}, nil
+}
+
+// caFile is a CA the agent keeps: its file under <dd>/agent, the bytes written there,
+// and the CA its leaves are checked against.
+type caFile struct {
+	name string
+	data []byte
+	ca   *pki.CA
+}
+
+// writeCABundles writes the copy of each CA of the table that agents keep, when it
+// changed.
+func (a *Agent) writeCABundles(cas map[certs.CAID]caFile, res *Result) error {
 	for _, spec := range certs.CAs {
 		if !spec.Agent {
 			continue
 		}
-		ca := cas[spec.ID]
-		if ca == nil {
+		f, ok := cas[spec.ID]
+		if !ok {
 			return fmt.Errorf("%s: not a CA the agent fetches", spec.ID)
 		}
-		path := a.layout.Agent(spec.CertFile)
-		changed, err := datadir.WriteIfChanged(path, ca.BundlePEM, fileMode)
+		path := a.layout.Agent(f.name)
+		changed, err := datadir.WriteIfChanged(path, f.data, fileMode)
 		if err != nil {
 			return err
 		}
 		if changed {
 			res.Written = append(res.Written, path)
-			a.log.Info("wrote CA bundle", "file", path, "subject", ca.Cert.Subject.String())
+			a.log.Info("wrote CA bundle", "file", path, "subject", f.ca.Cert.Subject.String())
 		}
 	}
 	return nil
 }
 
-// writeKubeconfigs writes the agent's kubeconfigs (certs.Kubeconfigs).
+// ensureLeaves brings every agent leaf up to date. A problem with one leaf's files does
+// not stop the others; a failure of the server or the network does, since the other
+// leaves would fail alike.
+func (a *Agent) ensureLeaves(ctx context.Context, c *api.Client, cas map[certs.CAID]caFile, nodePassword string, res *Result) error {
+	var errs []error
+	params := certs.Params{NodeName: a.nodeName, NodeIPs: a.nodeIPs}
+	for _, l := range certs.Select(certs.AgentNode, nil) {
+		f, ok := cas[l.Signer]
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s: signer %s is not a CA the agent fetches", l.Name, l.Signer))
+			continue
+		}
+		err := a.ensureLeaf(ctx, c, l, l.Profile(params), f.ca, nodePassword, res)
+		if err == nil {
+			continue
+		}
+		errs = append(errs, err)
+		var fe *certapply.FileError
+		if !errors.As(err, &fe) {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeKubeconfigs writes the agent's kubeconfigs when they changed.
 func (a *Agent) writeKubeconfigs(res *Result) error {
 	for _, k := range certs.NodeKubeconfigs(certs.AgentNode) {
 		path := a.layout.Agent(k.File)
@@ -149,6 +166,20 @@ func (a *Agent) writeKubeconfigs(res *Result) error {
 			a.log.Info("wrote kubeconfig", "file", path, "server", a.apiServer)
 		}
 	}
+	return nil
+}
+
+// dropForceRestart removes the marker `certificate rotate` leaves: the pass has
+// re-issued what it removed.
+func (a *Agent) dropForceRestart() error {
+	marker := a.layout.ForceRestart()
+	if !datadir.Exists(marker) {
+		return nil
+	}
+	if err := os.Remove(marker); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", marker, err)
+	}
+	a.log.Info("removed the force-restart marker", "file", marker)
 	return nil
 }
 
@@ -190,100 +221,37 @@ func printable(s string) bool {
 	return true
 }
 
-// planError is a problem with the files on disk, not with the server.
-type planError struct{ err error }
-
-func (e *planError) Error() string { return e.err.Error() }
-func (e *planError) Unwrap() error { return e.err }
-
 // ensureLeaf plans one leaf and has the server sign it when it is due.
 func (a *Agent) ensureLeaf(ctx context.Context, c *api.Client, l certs.Leaf, want pki.LeafProfile, ca *pki.CA, nodePassword string, res *Result) error {
 	crt, kf := a.leafFiles(l)
-	certPEM, err := datadir.ReadOptional(crt)
-	if err != nil {
-		return &planError{err}
-	}
-	keyPEM, err := datadir.ReadOptional(kf)
-	if err != nil {
-		return &planError{err}
-	}
-	pol := certs.Policy{Now: a.clock.Now(), RenewBefore: a.renewBefore}
-	d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
-	if err != nil {
-		file := crt
-		var ce *certs.CorruptError
-		if errors.As(err, &ce) && ce.What == "key" {
-			file = kf
-		}
-		return &planError{fmt.Errorf("%s: %w; remove the certificate and key, or run `kpki certificate rotate --service %s`, to have them issued again", file, err, l.Service)}
-	}
-	switch d.Action {
-	case certs.Keep:
-		if d.Cert != nil {
-			a.log.Debug("certificate is current", "file", crt, "expires", d.Cert.NotAfter.UTC(), "renew-from", d.Cert.NotAfter.Add(-a.renewBefore).UTC())
-		}
-		return nil
-	case certs.Rebundle:
-		if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), fileMode); err != nil {
-			return &planError{err}
-		}
-		res.Rebundled = append(res.Rebundled, crt)
-		res.Written = append(res.Written, crt)
-		a.log.Info("rewrote the CA bundle of certificate", "file", crt, "reason", d.Reason)
-		return nil
-	}
-
-	var key crypto.Signer = d.Key
-	var keyOut []byte
-	if d.Action == certs.Issue {
-		k, err := a.issuer.NewECKey()
+	app := &certapply.Applier{Issuer: a.issuer, Log: a.log, Clock: a.clock, RenewBefore: a.renewBefore}
+	leaf := certapply.Leaf{Row: l, Want: want, CA: ca, CertFile: crt, KeyFile: kf, Actor: a.nodeName}
+	out, err := app.Apply(ctx, leaf, func(ctx context.Context, key crypto.Signer, want pki.LeafProfile) (*x509.Certificate, error) {
+		csr, err := BuildCSR(key, want)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		key = k
-		if keyOut, err = pki.EncodeKey(k); err != nil {
-			return err
+		body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
+		if err != nil {
+			return nil, err
 		}
-	}
-	csr, err := BuildCSR(key, want)
+		cert, err := CheckReply(body, key.Public(), ca)
+		if err != nil {
+			return nil, fmt.Errorf("POST %s at %s: %w", api.SignPath(l.Name), c.BaseURL, err)
+		}
+		return cert, nil
+	})
+	res.Written = append(res.Written, out.Written...)
 	if err != nil {
 		return err
 	}
-	a.log.Debug("asking the server to sign a certificate", "file", crt, "reason", d.Reason, "new-key", d.Action == certs.Issue, "server", c.BaseURL)
-	body, err := a.sign(ctx, c, l.Name, nodePassword, csr)
-	if err != nil {
-		return err
-	}
-	leaf, err := CheckReply(body, key.Public(), ca)
-	if err != nil {
-		return fmt.Errorf("POST %s at %s: %w", api.SignPath(l.Name), c.BaseURL, err)
-	}
-	file := certs.BuildCertFile(leaf, ca)
-	if err := datadir.WritePair(crt, file, kf, keyOut); err != nil {
-		return &planError{err}
-	}
-	res.Written = append(res.Written, crt)
-	if keyOut != nil {
-		res.Written = append(res.Written, kf)
-	}
-	if d.Action == certs.Issue {
+	switch {
+	case out.Decision.Action == certs.Rebundle:
+		res.Rebundled = append(res.Rebundled, crt)
+	case out.Decision.Action == certs.Issue:
 		res.Issued = append(res.Issued, crt)
-	} else {
+	case out.Decision.Action == certs.Renew:
 		res.Renewed = append(res.Renewed, crt)
-	}
-	attrs := []any{"file", crt, "reason", d.Reason, "new-expiry", leaf.NotAfter.UTC()}
-	if d.Cert != nil {
-		attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
-	}
-	_, message := d.Applied()
-	a.log.Info(message, attrs...)
-
-	if keyOut == nil {
-		keyOut = keyPEM
-	}
-	if again, err := certs.Plan(want, certs.Existing{CertPEM: file, KeyPEM: keyOut}, ca, pol); err == nil && again.Action != certs.Keep {
-		a.log.Warn("the server signed a certificate that the agent will want to renew again at its next pass (is the server's --cert-validity-days longer than the agent's --renew-before-days?)",
-			"file", crt, "reason", again.Reason)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/api"
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/token"
@@ -118,7 +119,7 @@ func permanent(err error) bool {
 		hostname  x509.HostnameError
 		invalid   x509.CertificateInvalidError
 		notTLS    tls.RecordHeaderError
-		plan      *planError
+		plan      *certapply.FileError
 	)
 	return errors.Is(err, context.Canceled) || errors.Is(err, token.ErrCAHashMismatch) || errors.Is(err, datadir.ErrLocked) ||
 		errors.Is(err, http.ErrSchemeMismatch) ||

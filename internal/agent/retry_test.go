@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/token"
@@ -142,8 +143,8 @@ func TestTransient(t *testing.T) {
 		{"409", status(409), false},
 		{"501", status(501), false},
 		{"CA hash mismatch", fmt.Errorf("%w: aaa != bbb", token.ErrCAHashMismatch), false},
-		{"files on disk", &planError{errors.New("client-kubelet.crt: not PEM")}, false},
-		{"a file problem joined with a 503", errors.Join(&planError{errors.New("bad key")}, status(503)), false},
+		{"files on disk", &certapply.FileError{Err: errors.New("client-kubelet.crt: not PEM")}, false},
+		{"a file problem joined with a 503", errors.Join(&certapply.FileError{Err: errors.New("bad key")}, status(503)), false},
 		{"agent lock held", fmt.Errorf("another kpki process holds the agent lock: %w", datadir.ErrLocked), false},
 		{"a message that reads like a network failure", errors.New("cannot reach the kpki server at https://127.0.0.1:9345: connection refused"), false},
 		{"no error", nil, false},

@@ -10,13 +10,12 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/bootstrap"
+	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/token"
 )
-
-// ErrDifferentToken is the refusal when the datastore holds another token's bootstrap data.
-var ErrDifferentToken = errors.New("bootstrap data already found and encrypted with different token")
 
 // loadTokenFile takes the server password from <dd>/server/token when --token was not given.
 func (s *Server) loadTokenFile() error {
@@ -47,7 +46,7 @@ func (s *Server) reconcile(ctx context.Context) (bool, []string, error) {
 	if err != nil {
 		return false, nil, err
 	}
-	s.bootstrapRev.Store(rev)
+	s.own.Set(rev)
 	return true, changed, nil
 }
 
@@ -94,52 +93,25 @@ func (s *Server) applyWrites(writes []bootstrap.Write) ([]string, error) {
 }
 
 // readRecord fetches and decrypts this token's bootstrap record; nil when there is none.
+// At start-up, a token rotation interrupted before the token files were written is
+// completed (adoptPendingToken).
 func (s *Server) readRecord(ctx context.Context) (*bootstrap.Record, int64, error) {
-	pw := s.tok.Password
-	if pw == "" {
-		keys, err := s.store.Keys(ctx, bootstrap.KeyPrefix)
-		if err != nil {
-			return nil, 0, err
+	return record.Read(ctx, s.store, s.tok.Password, func(ctx context.Context) (string, error) {
+		adopted, err := s.adoptPendingToken(ctx)
+		if err != nil || !adopted {
+			return "", err
 		}
-		if len(keys) > 0 {
-			return nil, 0, fmt.Errorf("%w: the datastore already holds a cluster's bootstrap data; start with that cluster's --token", ErrDifferentToken)
-		}
-		return nil, 0, nil
+		return s.tok.Password, nil
+	})
+}
+
+// currentRecord reads this server's bootstrap record, which must exist.
+func (s *Server) currentRecord(ctx context.Context) (*bootstrap.Record, int64, error) {
+	rec, rev, err := s.readRecord(ctx)
+	if err == nil && rec == nil {
+		err = errors.New("no bootstrap data for this server's token in the datastore")
 	}
-	key := bootstrap.KeyName(pw)
-	s.bootstrapKey = key
-	value, rev, err := s.store.Get(ctx, key)
-	if errors.Is(err, datastore.ErrNotFound) {
-		if adopted, err := s.adoptPendingToken(ctx); err != nil || adopted {
-			if err != nil {
-				return nil, 0, err
-			}
-			return s.readRecord(ctx)
-		}
-		keys, err := s.store.Keys(ctx, bootstrap.KeyPrefix)
-		if err != nil {
-			return nil, 0, err
-		}
-		if len(keys) > 0 {
-			return nil, 0, ErrDifferentToken
-		}
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, err
-	}
-	plain, err := bootstrap.Decrypt(pw, string(value))
-	if errors.Is(err, bootstrap.ErrWrongPassphrase) {
-		return nil, 0, ErrDifferentToken
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("bootstrap data at %s: %w", key, err)
-	}
-	rec, err := bootstrap.ParseRecord(plain)
-	if err != nil {
-		return nil, 0, fmt.Errorf("bootstrap data at %s: %w", key, err)
-	}
-	return rec, rev, nil
+	return rec, rev, err
 }
 
 // recordFromDisk builds a bootstrap record from the files on disk; each Timestamp is
@@ -168,26 +140,21 @@ func (s *Server) saveRecord(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	plain, err := rec.Marshal()
-	if err != nil {
-		return err
-	}
-	value, err := bootstrap.Encrypt(s.tok.Password, plain)
+	value, err := record.Seal(s.tok.Password, rec)
 	if err != nil {
 		return err
 	}
 	key := bootstrap.KeyName(s.tok.Password)
-	s.bootstrapKey = key
 	keys, err := s.store.Keys(ctx, bootstrap.KeyPrefix)
 	if err != nil {
 		return err
 	}
 	for _, k := range keys {
 		if k != key {
-			return ErrDifferentToken
+			return record.ErrDifferentToken
 		}
 	}
-	err = s.store.Create(ctx, key, []byte(value))
+	err = s.store.Create(ctx, key, value)
 	if errors.Is(err, datastore.ErrExists) {
 		return s.adoptRecord(ctx)
 	}
@@ -198,7 +165,7 @@ func (s *Server) saveRecord(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.bootstrapRev.Store(rev)
+	s.own.Set(rev)
 	s.log.Info("saved bootstrap data to the datastore", "key", key)
 	return nil
 }
@@ -226,26 +193,23 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 	if _, err := s.applyWrites(writes); err != nil {
 		return err
 	}
-	s.bootstrapRev.Store(rev)
+	s.own.Set(rev)
 	return s.buildPKI("start-up")
 }
 
 // watchBootstrap notices changes of the bootstrap data made by another server (rotate-ca,
 // token rotation): this server keeps running with its current files and says that a
 // restart is needed. The watch starts right after the revision this server read, so a
-// change made in between is not missed; changes this server made itself are recorded in
-// bootstrapRev under s.mu before the watch can compare them.
+// change made in between is not missed; a change this server is making itself is
+// recognised once its write has answered (record.Own), not by holding a lock across it.
 func (s *Server) watchBootstrap(ctx context.Context) {
 	if s.store == nil {
 		return
 	}
-	from := s.bootstrapRev.Load() + 1
+	from := s.own.Rev() + 1
 	for ctx.Err() == nil {
 		for ev := range s.store.WatchPrefix(ctx, bootstrap.KeyPrefix, from) {
-			s.mu.Lock()
-			own := ev.Revision <= s.bootstrapRev.Load()
-			s.mu.Unlock()
-			if !own {
+			if !s.own.Mine(ctx, ev.Revision) {
 				s.flagRestart(ev.Key)
 			}
 		}
@@ -254,18 +218,15 @@ func (s *Server) watchBootstrap(ctx context.Context) {
 		}
 		// The watch ended (etcd restarted it, or the revision was compacted): compare the
 		// record once more and watch again from now on.
-		s.mu.Lock()
-		key, rev := s.bootstrapKey, s.bootstrapRev.Load()
-		s.mu.Unlock()
+		key, rev := bootstrap.KeyName(s.Password()), s.own.Rev()
 		if _, cur, err := s.store.Get(ctx, key); err == nil && cur != rev {
 			s.flagRestart(key)
 		} else if errors.Is(err, datastore.ErrNotFound) {
 			s.flagRestart(key)
 		}
 		from = 0
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
+		if clock.Sleep(ctx, s.clock, time.Second) != nil {
+			return
 		}
 	}
 }

@@ -99,16 +99,36 @@ type resolved struct {
 	datastore   []string
 }
 
-// resolve validates c and fills in defaults that depend on the machine.
+// problems collects every configuration error, so that one start reports them all.
+type problems []error
+
+func (p *problems) add(format string, a ...any) { *p = append(*p, fmt.Errorf(format, a...)) }
+
+// resolve validates c and fills in defaults that depend on the machine. Every problem
+// is reported, each naming its flag.
 func (c *Config) resolve() (*resolved, error) {
 	r := &resolved{}
-	var errs []error
-	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	var bad problems
+	c.resolvePaths(&bad)
+	c.checkPorts(&bad)
+	c.resolveValidity(r, &bad)
+	c.resolveNode(r, &bad)
+	c.resolveNetwork(r, &bad)
+	c.resolveDatastore(r, &bad)
+	c.checkTokens(&bad)
+	if len(bad) > 0 {
+		return nil, errors.Join(bad...)
+	}
+	r.sanList = r.sans(c.TLSSANs)
+	return r, nil
+}
 
+// resolvePaths makes the data dir and --write-kubeconfig absolute.
+func (c *Config) resolvePaths(bad *problems) {
 	if c.DataDir == "" {
-		bad("--data-dir must not be empty")
+		bad.add("--data-dir must not be empty")
 	} else if abs, err := filepath.Abs(c.DataDir); err != nil {
-		bad("--data-dir %s: %v", c.DataDir, err)
+		bad.add("--data-dir %s: %v", c.DataDir, err)
 	} else {
 		c.DataDir = abs
 	}
@@ -117,23 +137,30 @@ func (c *Config) resolve() (*resolved, error) {
 			c.WriteKubeconfig = abs
 		}
 	}
+}
+
+func (c *Config) checkPorts(bad *problems) {
 	for name, p := range map[string]int{"--supervisor-port": c.SupervisorPort, "--etcd-client-port": c.EtcdClientPort,
 		"--etcd-peer-port": c.EtcdPeerPort, "--api-server-port": c.APIServerPort} {
 		if p < 1 || p > 65535 {
-			bad("%s %d is not a port number (1-65535)", name, p)
+			bad.add("%s %d is not a port number (1-65535)", name, p)
 		}
 	}
 	if c.DatastoreEndpoint == "" && c.EtcdClientPort == c.EtcdPeerPort {
-		bad("--etcd-client-port and --etcd-peer-port must differ")
+		bad.add("--etcd-client-port and --etcd-peer-port must differ")
 	}
+}
+
+// resolveValidity checks the validity and renewal settings and derives their durations.
+func (c *Config) resolveValidity(r *resolved, bad *problems) {
 	if c.CAValidityDays < 1 || c.CertValidityDays < 1 {
-		bad("--ca-validity-days and --cert-validity-days must be at least 1")
+		bad.add("--ca-validity-days and --cert-validity-days must be at least 1")
 	}
 	if c.RenewBeforeDays < 0 || c.RenewBeforeDays >= c.CertValidityDays {
-		bad("--renew-before-days %d must be at least 0 and less than --cert-validity-days %d", c.RenewBeforeDays, c.CertValidityDays)
+		bad.add("--renew-before-days %d must be at least 0 and less than --cert-validity-days %d", c.RenewBeforeDays, c.CertValidityDays)
 	}
 	if c.CAWarnDays < 0 {
-		bad("--ca-warn-days %d must be at least 0", c.CAWarnDays)
+		bad.add("--ca-warn-days %d must be at least 0", c.CAWarnDays)
 	}
 	r.caWarn = days(c.CAWarnDays)
 	if c.RenewInterval <= 0 {
@@ -142,35 +169,40 @@ func (c *Config) resolve() (*resolved, error) {
 	r.caValidity = days(c.CAValidityDays)
 	r.validity = days(c.CertValidityDays)
 	r.renewBefore = days(c.RenewBeforeDays)
-	if c.CertValidity > 0 || c.RenewBefore > 0 {
-		if c.CertValidity > 0 {
-			r.validity = c.CertValidity
-		}
-		if c.RenewBefore > 0 {
-			r.renewBefore = c.RenewBefore
-		}
-		if r.renewBefore >= r.validity {
-			bad("the renewal window %s must be shorter than the certificate validity %s", r.renewBefore, r.validity)
-		}
+	if c.CertValidity <= 0 && c.RenewBefore <= 0 {
+		return
 	}
+	if c.CertValidity > 0 {
+		r.validity = c.CertValidity
+	}
+	if c.RenewBefore > 0 {
+		r.renewBefore = c.RenewBefore
+	}
+	if r.renewBefore >= r.validity {
+		bad.add("the renewal window %s must be shorter than the certificate validity %s", r.renewBefore, r.validity)
+	}
+}
 
+// resolveNode checks the node name and addresses and picks the advertise address: the
+// flag, else the first node IP, else a specific bind address, else the machine's.
+func (c *Config) resolveNode(r *resolved, bad *problems) {
 	if n, err := node.Name(c.NodeName); err != nil {
-		bad("%v", err)
+		bad.add("%v", err)
 	} else {
 		r.nodeName = n
 	}
 	if ips, err := node.ParseIPs(c.NodeIPs); err != nil {
-		bad("%v", err)
+		bad.add("%v", err)
 	} else {
 		r.nodeIPs = ips
 	}
 	r.bind = c.BindAddress
 	if r.bind != "" && net.ParseIP(r.bind) == nil {
-		bad("--bind-address %q is not an IP address", r.bind)
+		bad.add("--bind-address %q is not an IP address", r.bind)
 	}
 	r.advertise = c.AdvertiseAddress
 	if r.advertise != "" && net.ParseIP(r.advertise) == nil {
-		bad("--advertise-address %q is not an IP address", r.advertise)
+		bad.add("--advertise-address %q is not an IP address", r.advertise)
 	}
 	if r.advertise == "" {
 		switch {
@@ -185,40 +217,56 @@ func (c *Config) resolve() (*resolved, error) {
 	if len(r.nodeIPs) == 0 && net.ParseIP(r.advertise) != nil {
 		r.nodeIPs = []net.IP{net.ParseIP(r.advertise)}
 	}
+}
+
+// resolveNetwork checks the service CIDR (its first address is the kubernetes
+// service's IP, a SAN), the cluster domain and --tls-san.
+func (c *Config) resolveNetwork(r *resolved, bad *problems) {
 	prefix, err := netip.ParsePrefix(strings.Split(c.ServiceCIDR, ",")[0])
 	if err != nil {
-		bad("--service-cidr %q: %v", c.ServiceCIDR, err)
+		bad.add("--service-cidr %q: %v", c.ServiceCIDR, err)
 	} else {
 		r.serviceIP = net.IP(prefix.Masked().Addr().Next().AsSlice())
 	}
 	if c.ClusterDomain == "" {
-		bad("--cluster-domain must not be empty")
+		bad.add("--cluster-domain must not be empty")
 	}
 	for _, s := range c.TLSSANs {
 		if strings.TrimSpace(s) == "" {
-			bad("--tls-san must not be empty")
+			bad.add("--tls-san must not be empty")
 		}
 	}
-	if c.DatastoreEndpoint != "" {
-		for _, e := range strings.Split(c.DatastoreEndpoint, ",") {
-			e = strings.TrimSpace(e)
-			if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
-				bad("--datastore-endpoint %q must be an http:// or https:// URL", e)
-			}
-			r.datastore = append(r.datastore, e)
+}
+
+func (c *Config) resolveDatastore(r *resolved, bad *problems) {
+	if c.DatastoreEndpoint == "" {
+		return
+	}
+	for _, e := range strings.Split(c.DatastoreEndpoint, ",") {
+		e = strings.TrimSpace(e)
+		if !strings.HasPrefix(e, "https://") && !strings.HasPrefix(e, "http://") {
+			bad.add("--datastore-endpoint %q must be an http:// or https:// URL", e)
 		}
+		r.datastore = append(r.datastore, e)
 	}
-	if c.AgentToken != "" && c.Token != "" {
-		at, aerr := token.Parse(c.AgentToken)
-		st, serr := token.Parse(c.Token)
-		if aerr == nil && serr == nil && at.Password == st.Password {
-			bad("--agent-token must differ from --token: agents hold the agent token, and its password must never authenticate as server")
-		}
+}
+
+// checkTokens refuses an agent token whose password is the server token's.
+func (c *Config) checkTokens(bad *problems) {
+	if c.AgentToken == "" || c.Token == "" {
+		return
 	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	at, aerr := token.Parse(c.AgentToken)
+	st, serr := token.Parse(c.Token)
+	if aerr == nil && serr == nil && at.Password == st.Password {
+		bad.add("--agent-token must differ from --token: agents hold the agent token, and its password must never authenticate as server")
 	}
-	san := append([]string{}, c.TLSSANs...)
+}
+
+// sans are the names and addresses of the serving certificates: --tls-san, the
+// advertise address, loopback, the node name and IPs, the kubernetes service IP.
+func (r *resolved) sans(extra []string) []string {
+	san := append([]string{}, extra...)
 	san = append(san, r.advertise, "127.0.0.1", "::1", "localhost", r.nodeName)
 	for _, ip := range r.nodeIPs {
 		san = append(san, ip.String())
@@ -226,8 +274,7 @@ func (c *Config) resolve() (*resolved, error) {
 	if r.serviceIP != nil {
 		san = append(san, r.serviceIP.String())
 	}
-	r.sanList = dedupe(san)
-	return r, nil
+	return dedupe(san)
 }
 
 // agentTokenPassword is the password of --agent-token, "" when none was given (New

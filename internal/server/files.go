@@ -20,11 +20,13 @@ func (s *Server) apiServerURL() string {
 // writeDerived writes the files computed from the CAs and leaves: *.nochain.crt,
 // kubeconfigs, token files and --write-kubeconfig. Unchanged files are not rewritten.
 func (s *Server) writeDerived() error {
+	cas := s.caSet()
+	password, agentPassword := s.secrets()
 	for _, c := range certs.CAs {
 		if c.NoChainFile == "" {
 			continue
 		}
-		if _, err := datadir.WriteIfChanged(s.layout.TLS(c.NoChainFile), pki.EncodeCert(s.cas[c.ID].Cert), 0o600); err != nil {
+		if _, err := datadir.WriteIfChanged(s.layout.TLS(c.NoChainFile), pki.EncodeCert(cas[c.ID].Cert), 0o600); err != nil {
 			return err
 		}
 	}
@@ -38,7 +40,7 @@ func (s *Server) writeDerived() error {
 			return err
 		}
 	}
-	hash, err := pki.CAHash(s.cas[certs.ServerCA].BundlePEM)
+	hash, err := pki.CAHash(cas[certs.ServerCA].BundlePEM)
 	if err != nil {
 		return fmt.Errorf("CA hash of %s: %w", s.layout.TLS(certs.CA(certs.ServerCA).CertFile), err)
 	}
@@ -50,12 +52,12 @@ func (s *Server) writeDerived() error {
 	// A password not known yet (a restart whose cred/passwd comes from the datastore)
 	// leaves its token files as they are until it is.
 	tokens := map[string]string{}
-	if s.tok.Password != "" {
-		serverToken := token.Format(hash, "server", s.tok.Password) + "\n"
+	if password != "" {
+		serverToken := token.Format(hash, "server", password) + "\n"
 		tokens[s.layout.TokenFile()], tokens[s.layout.NodeTokenFile()] = serverToken, serverToken
 	}
-	if s.agentPassword != "" {
-		tokens[s.layout.AgentTokenFile()] = token.Format(hash, "node", s.agentPassword) + "\n"
+	if agentPassword != "" {
+		tokens[s.layout.AgentTokenFile()] = token.Format(hash, "node", agentPassword) + "\n"
 	}
 	for path, data := range tokens {
 		if _, err := datadir.WriteIfChanged(path, []byte(data), 0o600); err != nil {
@@ -72,7 +74,7 @@ func (s *Server) writeDerived() error {
 		if err != nil {
 			return err
 		}
-		data, err := kubeconfig.RenderData(kubeconfig.Data{Server: s.apiServerURL(), CA: s.cas[certs.ServerCA].BundlePEM, ClientCert: cert, ClientKey: keyPEM})
+		data, err := kubeconfig.RenderData(kubeconfig.Data{Server: s.apiServerURL(), CA: cas[certs.ServerCA].BundlePEM, ClientCert: cert, ClientKey: keyPEM})
 		if err != nil {
 			return err
 		}

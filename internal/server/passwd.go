@@ -2,212 +2,18 @@ package server
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/kpki/kpki/internal/audit"
 	"github.com/kpki/kpki/internal/bootstrap"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/passwd"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/supervisor"
 	"github.com/kpki/kpki/internal/token"
 )
-
-// The users of cred/passwd: the server token authenticates as "server", the agent
-// token as "node".
-const (
-	serverUser = "server"
-	agentUser  = "node"
-)
-
-// PasswdEntry is one line of cred/passwd: password,user,user,role.
-type PasswdEntry struct {
-	Password string
-	User     string
-	UID      string
-	Role     string
-}
-
-// Passwd is the parsed cred/passwd file.
-type Passwd []PasswdEntry
-
-// ParsePasswd parses the CSV passwd file. Errors name the line, never a password.
-func ParsePasswd(data []byte) (Passwd, error) {
-	var out Passwd
-	for i, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" {
-			continue
-		}
-		f := strings.Split(line, ",")
-		if len(f) < 2 || f[0] == "" || f[1] == "" {
-			return nil, fmt.Errorf("line %d: want password,user,user,role", i+1)
-		}
-		e := PasswdEntry{Password: f[0], User: f[1]}
-		if len(f) > 2 {
-			e.UID = f[2]
-		}
-		if len(f) > 3 {
-			e.Role = f[3]
-		}
-		out = append(out, e)
-	}
-	return out, nil
-}
-
-// Find returns the entry of user.
-func (p Passwd) Find(user string) (PasswdEntry, bool) {
-	for _, e := range p {
-		if e.User == user {
-			return e, true
-		}
-	}
-	return PasswdEntry{}, false
-}
-
-// Check reports in constant time (per entry) whether user has password.
-func (p Passwd) Check(user, password string) bool {
-	ok := false
-	for _, e := range p {
-		if e.User == user && subtle.ConstantTimeCompare([]byte(e.Password), []byte(password)) == 1 {
-			ok = true
-		}
-	}
-	return ok
-}
-
-// entryRole is the role an entry grants: its role field ends in ":server" or ":agent"
-// (kpki:server, k3s:agent, ...).
-func entryRole(e PasswdEntry) supervisor.Role {
-	switch {
-	case strings.HasSuffix(e.Role, ":server"):
-		return supervisor.RoleServer
-	case strings.HasSuffix(e.Role, ":agent"):
-		return supervisor.RoleAgent
-	}
-	return ""
-}
-
-// Authenticate returns the role of user:password. The role is the one of the entry
-// named user whose password matches: a password is never tried against another user's
-// entry, so the agent password cannot authenticate as server. An entry granting the
-// server role whose password is also an agent entry's grants nothing more than the
-// agent role: whoever holds the agent token could be the caller. One exception keeps
-// the K3s habit of giving agents the server token: "node" with the server password is
-// an agent. Every entry is compared, in constant time.
-func (p Passwd) Authenticate(user, password string) (supervisor.Role, bool) {
-	var role supervisor.Role
-	matchedServer, serverIsAgent := false, false
-	for _, e := range p {
-		same := subtle.ConstantTimeCompare([]byte(e.Password), []byte(password)) == 1
-		r := entryRole(e)
-		if same && r == supervisor.RoleAgent {
-			serverIsAgent = true
-		}
-		if !same {
-			continue
-		}
-		switch {
-		case e.User == user && r != "":
-			if r == supervisor.RoleServer {
-				matchedServer = true
-			} else if role == "" {
-				role = r
-			}
-		case user == agentUser && e.User == serverUser && r == supervisor.RoleServer:
-			if role == "" {
-				role = supervisor.RoleAgent
-			}
-		}
-	}
-	switch {
-	case matchedServer && serverIsAgent:
-		return supervisor.RoleAgent, true
-	case matchedServer:
-		return supervisor.RoleServer, true
-	case role != "":
-		return role, true
-	}
-	return "", false
-}
-
-// usedByOthers reports, in constant time per entry, whether a user other than server
-// has password.
-func (p Passwd) usedByOthers(password string) bool {
-	used := false
-	for _, e := range p {
-		if e.User != serverUser && subtle.ConstantTimeCompare([]byte(e.Password), []byte(password)) == 1 {
-			used = true
-		}
-	}
-	return used
-}
-
-// WithPassword returns a copy with user's password replaced.
-func (p Passwd) WithPassword(user, password string) Passwd {
-	out := append(Passwd(nil), p...)
-	for i := range out {
-		if out[i].User == user {
-			out[i].Password = password
-		}
-	}
-	return out
-}
-
-// WithUser returns a copy in which user has password and role: its entry is updated,
-// or one is added after the others.
-func (p Passwd) WithUser(user, role, password string) Passwd {
-	out := append(Passwd(nil), p...)
-	for i := range out {
-		if out[i].User == user {
-			out[i].Password, out[i].Role = password, role
-			return out
-		}
-	}
-	return append(out, PasswdEntry{Password: password, User: user, UID: user, Role: role})
-}
-
-// rolePrefix is the prefix of the server entry's role ("kpki" in kpki:server, "k3s" in
-// a file K3s wrote), so that an entry added to the file is written in its style.
-func (p Passwd) rolePrefix() string {
-	if e, ok := p.Find(serverUser); ok {
-		if prefix, _, ok := strings.Cut(e.Role, ":"); ok && prefix != "" {
-			return prefix
-		}
-	}
-	return "kpki"
-}
-
-// errSameAgentPassword refuses a passwd whose agent password is the server password.
-var errSameAgentPassword = errors.New("the agent password is the server password")
-
-// validate checks that p holds a server entry with the server role and a node entry
-// with the agent role, with different passwords.
-func (p Passwd) validate() error {
-	srv, ok := p.Find(serverUser)
-	if !ok || entryRole(srv) != supervisor.RoleServer {
-		return errors.New("no server entry with a server role")
-	}
-	node, ok := p.Find(agentUser)
-	if !ok || entryRole(node) != supervisor.RoleAgent {
-		return errors.New("no node entry with an agent role")
-	}
-	if node.Password == srv.Password {
-		return errSameAgentPassword
-	}
-	return nil
-}
-
-// Bytes renders the file.
-func (p Passwd) Bytes() []byte {
-	var b strings.Builder
-	for _, e := range p {
-		fmt.Fprintf(&b, "%s,%s,%s,%s\n", e.Password, e.User, e.UID, e.Role)
-	}
-	return []byte(b.String())
-}
 
 // errAgentTokenIsServerToken refuses an --agent-token that holds the server password.
 var errAgentTokenIsServerToken = errors.New("--agent-token must not hold the server token's password: the agent password must never authenticate as server")
@@ -240,8 +46,6 @@ const settleAttempts = 5
 // An --agent-token that is not the cluster's agent password is refused: changing the
 // agent password of a running cluster from one server's flags would cut off agents.
 func (s *Server) settlePasswd(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if given := s.cfg.agentTokenPassword(); given != "" && given == s.tok.Password {
 		return errAgentTokenIsServerToken
 	}
@@ -254,7 +58,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if node, _ := pw.Find(agentUser); !newAgent {
+		if node, _ := pw.Find(passwd.AgentUser); !newAgent {
 			if given := s.cfg.agentTokenPassword(); given != "" && given != node.Password {
 				return fmt.Errorf("--agent-token is not the cluster's agent token (the bootstrap data holds another agent password); start without --agent-token and give agents the token in %s", s.layout.AgentTokenFile())
 			}
@@ -270,7 +74,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		now := s.clock.Now()
 		content := pw.Bytes()
 		rec.Set(bootstrap.PasswdField, bootstrap.File{Timestamp: now.UTC(), Content: content})
-		newRev, err := s.storeRecord(ctx, s.bootstrapKey, rev, rec)
+		newRev, err := record.Update(ctx, s.store, s.tok.Password, rev, rec)
 		if errors.Is(err, datastore.ErrConflict) {
 			// Another server changed the record meanwhile (maybe settling the same passwd):
 			// look again.
@@ -279,7 +83,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("store the repaired passwd in the datastore: %w", err)
 		}
-		s.bootstrapRev.Store(newRev)
+		s.own.Set(newRev)
 		s.useCreds(pw)
 		if err := datadir.WriteFileWithTime(s.layout.PasswdFile(), content, 0o600, now); err != nil {
 			return fmt.Errorf("the repaired passwd is stored in the datastore, but %w; it is written from there at the next start", err)
@@ -291,7 +95,7 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 		if newAgent {
 			msg += "; new agents get the distinct agent password of the agent token file, agents holding the server token or the old agent token keep working"
 		}
-		s.log.Warn(msg, "passwd", s.layout.PasswdFile(), "agent-token", s.layout.AgentTokenFile(), "bootstrap-key", s.bootstrapKey)
+		s.log.Warn(msg, "passwd", s.layout.PasswdFile(), "agent-token", s.layout.AgentTokenFile(), "bootstrap-key", bootstrap.KeyName(s.tok.Password))
 		s.writeAudit(audit.Entry{Time: now.UTC(), Action: "passwd-repair", Actor: "kpki", Detail: why})
 		return nil
 	}
@@ -301,9 +105,9 @@ func (s *Server) settlePasswd(ctx context.Context) error {
 // passwdToSettle returns the passwd this server must use with rec and, when it differs
 // from the record's, why, and whether it holds a new agent password; why is empty when
 // the record's passwd can be used as is.
-func (s *Server) passwdToSettle(rec *bootstrap.Record) (pw Passwd, why string, newAgent bool, err error) {
+func (s *Server) passwdToSettle(rec *bootstrap.Record) (pw passwd.File, why string, newAgent bool, err error) {
 	if pf, ok := rec.Get(bootstrap.PasswdField); ok {
-		if pw, err = ParsePasswd(pf.Content); err != nil {
+		if pw, err = passwd.Parse(pf.Content); err != nil {
 			return nil, "", false, fmt.Errorf("passwd in the bootstrap data: %w", err)
 		}
 	} else {
@@ -313,19 +117,19 @@ func (s *Server) passwdToSettle(rec *bootstrap.Record) (pw Passwd, why string, n
 			return nil, "", false, err
 		}
 		if data != nil {
-			if pw, err = ParsePasswd(data); err != nil {
+			if pw, err = passwd.Parse(data); err != nil {
 				return nil, "", false, fmt.Errorf("%s: %w", s.layout.PasswdFile(), err)
 			}
 		}
 	}
-	prefix := pw.rolePrefix()
-	if srv, ok := pw.Find(serverUser); !ok || srv.Password != s.tok.Password || entryRole(srv) != supervisor.RoleServer {
+	prefix := pw.RolePrefix()
+	if srv, ok := pw.Find(passwd.ServerUser); !ok || srv.Password != s.tok.Password || passwd.EntryRole(srv) != supervisor.RoleServer {
 		if why == "" {
 			why = "the passwd in the bootstrap data had no server entry for this token"
 		}
-		pw = pw.WithUser(serverUser, prefix+":server", s.tok.Password)
+		pw = pw.WithUser(passwd.ServerUser, prefix+":server", s.tok.Password)
 	}
-	if node, ok := pw.Find(agentUser); !ok || node.Password == s.tok.Password || entryRole(node) != supervisor.RoleAgent {
+	if node, ok := pw.Find(passwd.AgentUser); !ok || node.Password == s.tok.Password || passwd.EntryRole(node) != supervisor.RoleAgent {
 		agent, err := s.newAgentPassword()
 		if err != nil {
 			return nil, "", false, err
@@ -337,9 +141,9 @@ func (s *Server) passwdToSettle(rec *bootstrap.Record) (pw Passwd, why string, n
 		default:
 			why = "the passwd in the bootstrap data had no agent entry"
 		}
-		pw, newAgent = pw.WithUser(agentUser, prefix+":agent", agent), true
+		pw, newAgent = pw.WithUser(passwd.AgentUser, prefix+":agent", agent), true
 	}
-	if err := pw.validate(); err != nil {
+	if err := pw.Validate(); err != nil {
 		return nil, "", false, fmt.Errorf("passwd: %w", err)
 	}
 	return pw, why, newAgent, nil

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -11,111 +12,25 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/audit"
+	"github.com/kpki/kpki/internal/certapply"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/token"
 )
 
-// startPKI brings the datastore and the PKI on disk to the state the cluster needs.
-func (s *Server) startPKI(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.embeddedEtcd() {
-		st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
-			CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
-		}, 15*time.Second)
-		if err != nil {
-			return err
-		}
-		s.store = st
-		found, _, err := s.reconcile(ctx)
-		if err != nil {
-			return err
-		}
-		if !found {
-			s.firstStart = true
-			if err := s.initCAs(); err != nil {
-				return err
-			}
-		}
-		if err := s.buildPKI("start-up"); err != nil {
-			return err
-		}
-		if !found {
-			return s.saveRecord(ctx)
-		}
-		return nil
-	}
-
-	if s.cfg.ServerURL == "" {
-		gone, err := datastore.DiscardUnbootstrapped(s.layout.EtcdDir())
-		if err != nil {
-			return err
-		}
-		if gone {
-			s.log.Warn("removed an embedded etcd member whose first start was interrupted before it wrote anything; starting it anew", "dir", s.layout.EtcdDir())
-		}
-	}
-	member := s.hasEtcdMember()
-	if !member && s.cfg.ServerURL != "" {
-		if err := s.joinCluster(ctx); err != nil {
-			return err
-		}
-		found, _, err := s.reconcile(ctx)
-		if err != nil {
-			return err
-		}
-		if !found {
-			return errors.New("joined the etcd cluster but found no bootstrap data for this token in it")
-		}
-		return nil
-	}
-	if member {
-		found, err := s.reconcileLocal(ctx)
-		if err != nil {
-			return err
-		}
-		if missing := s.missingCAFiles(); len(missing) > 0 {
-			if found {
-				return fmt.Errorf("CA files are missing (%s) and the bootstrap data in this server's etcd member does not hold them: restore them from a backup",
-					strings.Join(missing, ", "))
-			}
-			return fmt.Errorf("etcd data exists in %s but holds no bootstrap data for this token, and CA files are missing (%s): start with the cluster's token, restore the files from a backup, or remove %s to start a new cluster",
-				s.layout.EtcdDir(), strings.Join(missing, ", "), s.layout.EtcdDir())
-		}
-	} else {
-		s.firstStart = true
-		if err := s.initCAs(); err != nil {
-			return err
-		}
-	}
-	if err := s.buildPKI("start-up"); err != nil {
-		return err
-	}
-	if err := s.startEtcd(ctx); err != nil {
-		return err
-	}
-	found, changed, err := s.reconcile(ctx)
+// connectExternal opens the external datastore.
+func (s *Server) connectExternal(ctx context.Context) error {
+	st, err := datastore.Connect(ctx, s.r.datastore, datastore.ClientTLS{
+		CAFile: s.cfg.DatastoreCAFile, CertFile: s.cfg.DatastoreCertFile, KeyFile: s.cfg.DatastoreKeyFile,
+	}, 15*time.Second)
 	if err != nil {
 		return err
 	}
-	if !found {
-		return s.saveRecord(ctx)
-	}
-	if len(changed) > 0 {
-		etcdBefore := s.etcdCertFingerprint()
-		if err := s.buildPKI("start-up"); err != nil {
-			return err
-		}
-		if s.etcdCertFingerprint() != etcdBefore {
-			s.log.Info("etcd certificates changed with the CAs from the datastore; restarting embedded etcd")
-			s.embedded.Close()
-			s.embedded, s.store = nil, nil
-			return s.startEtcd(ctx)
-		}
-	}
+	s.store = st
 	return nil
 }
 
@@ -144,7 +59,7 @@ func (s *Server) reconcileLocal(ctx context.Context) (bool, error) {
 		// Without --token and token file, the server password in cred/passwd is the token
 		// (ensurePasswd takes it the same way).
 		if data, err := datadir.ReadOptional(s.layout.PasswdFile()); err == nil && data != nil {
-			if pw, err := ParsePasswd(data); err == nil {
+			if pw, err := passwd.Parse(data); err == nil {
 				if srv, ok := pw.Find("server"); ok {
 					s.tok.Password = srv.Password
 				}
@@ -152,7 +67,7 @@ func (s *Server) reconcileLocal(ctx context.Context) (bool, error) {
 		}
 	}
 	rec, _, err := s.readRecord(ctx)
-	if errors.Is(err, ErrDifferentToken) && local.Members > 1 && len(s.missingCAFiles()) == 0 {
+	if errors.Is(err, record.ErrDifferentToken) && local.Members > 1 && len(s.missingCAFiles()) == 0 {
 		// The record may have moved to this token's key (token rotate) while this member
 		// was down; the cluster answers once the member has rejoined.
 		s.log.Info("this etcd member holds no bootstrap data for the token; reading it from the cluster once the member has rejoined")
@@ -348,7 +263,7 @@ func (s *Server) loadCAs() error {
 		}
 		cas[c.ID] = ca
 	}
-	s.cas = cas
+	s.cas.Store(&cas)
 	return nil
 }
 
@@ -390,15 +305,15 @@ func (s *Server) ensurePasswd() error {
 	if err != nil {
 		return err
 	}
-	var pw Passwd
+	var pw passwd.File
 	if data != nil {
-		if pw, err = ParsePasswd(data); err != nil {
+		if pw, err = passwd.Parse(data); err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if node, ok := pw.Find(agentUser); ok {
+		if node, ok := pw.Find(passwd.AgentUser); ok {
 			s.agentPassword = node.Password
 		}
-		srv, hasServer := pw.Find(serverUser)
+		srv, hasServer := pw.Find(passwd.ServerUser)
 		if hasServer {
 			if s.tok.Password == "" {
 				s.tok.Password = srv.Password
@@ -412,7 +327,7 @@ func (s *Server) ensurePasswd() error {
 				return nil
 			}
 		}
-		if _, hasNode := pw.Find(agentUser); hasServer && hasNode {
+		if _, hasNode := pw.Find(passwd.AgentUser); hasServer && hasNode {
 			return nil
 		}
 	}
@@ -430,8 +345,8 @@ func (s *Server) ensurePasswd() error {
 	if err != nil {
 		return err
 	}
-	prefix := pw.rolePrefix()
-	pw = pw.WithUser(serverUser, prefix+":server", s.tok.Password).WithUser(agentUser, prefix+":agent", agent)
+	prefix := pw.RolePrefix()
+	pw = pw.WithUser(passwd.ServerUser, prefix+":server", s.tok.Password).WithUser(passwd.AgentUser, prefix+":agent", agent)
 	if err := datadir.WriteFile(path, pw.Bytes(), 0o600); err != nil {
 		return err
 	}
@@ -442,74 +357,33 @@ func (s *Server) ensurePasswd() error {
 // ensureLeaves plans and applies every server leaf; it returns the files it changed.
 func (s *Server) ensureLeaves(actor string) ([]string, error) {
 	var changed []string
-	pol := certs.Policy{Now: s.clock.Now(), RenewBefore: s.r.renewBefore}
+	app := s.applier()
 	params := s.params()
+	cas := s.caSet()
 	for _, l := range certs.Select(certs.ServerNode, nil) {
 		crt, kf := s.leafPaths(l.Node, l.Name)
-		certPEM, err := datadir.ReadOptional(crt)
+		ca := cas[l.Signer]
+		leaf := certapply.Leaf{Row: l, Want: l.Profile(params), CA: ca, CertFile: crt, KeyFile: kf, Actor: actor}
+		if s.rotating {
+			leaf.MissingReason = "removed by `kpki certificate rotate`"
+		}
+		out, err := app.Apply(context.Background(), leaf, func(_ context.Context, key crypto.Signer, want pki.LeafProfile) (*x509.Certificate, error) {
+			return s.issuer.SignLeaf(ca, key.Public(), want, s.r.validity)
+		})
 		if err != nil {
 			return nil, err
 		}
-		keyPEM, err := datadir.ReadOptional(kf)
-		if err != nil {
-			return nil, err
-		}
-		ca := s.cas[l.Signer]
-		want := l.Profile(params)
-		d, err := certs.Plan(want, certs.Existing{CertPEM: certPEM, KeyPEM: keyPEM}, ca, pol)
-		if err != nil {
-			var ce *certs.CorruptError
-			file := crt
-			if errors.As(err, &ce) && ce.What == "key" {
-				file = kf
-			}
-			return nil, fmt.Errorf("%s: %w; remove the certificate and key, or run `kpki certificate rotate --service %s`, to have them issued again", file, err, l.Service)
-		}
-		switch d.Action {
-		case certs.Keep:
-			continue
-		case certs.Rebundle:
-			if err := datadir.WriteFile(crt, certs.BuildCertFile(d.Cert, ca), 0o600); err != nil {
-				return nil, err
-			}
+		if len(out.Written) > 0 {
 			changed = append(changed, crt)
-			continue
 		}
-		key := d.Key
-		var keyOut []byte
-		if d.Action == certs.Issue {
-			k, err := s.issuer.NewECKey()
-			if err != nil {
-				return nil, err
-			}
-			key = k
-			if keyOut, err = pki.EncodeKey(k); err != nil {
-				return nil, err
-			}
-		}
-		cert, err := s.issuer.SignLeaf(ca, key.Public(), want, s.r.validity)
-		if err != nil {
-			return nil, err
-		}
-		if err := datadir.WritePair(crt, certs.BuildCertFile(cert, ca), kf, keyOut); err != nil {
-			return nil, err
-		}
-		changed = append(changed, crt)
-		action, message := d.Applied()
-		s.metrics.Issued.WithLabelValues(l.Kind).Inc()
-		s.auditCert(action, actor, crt, cert, d.Cert)
-		reason := d.Reason
-		if d.Cert == nil && s.rotating {
-			reason = "removed by `kpki certificate rotate`"
-		}
-		attrs := []any{"file", crt, "reason", reason, "new-expiry", cert.NotAfter.UTC()}
-		if d.Cert != nil {
-			attrs = append(attrs, "old-expiry", d.Cert.NotAfter.UTC())
-		}
-		s.log.Info(message, attrs...)
 	}
 	s.updateExpiryMetrics()
 	return changed, nil
+}
+
+// applier applies the planner's decisions for this server's leaves.
+func (s *Server) applier() *certapply.Applier {
+	return &certapply.Applier{Issuer: s.issuer, Log: s.log, Clock: s.clock, RenewBefore: s.r.renewBefore, Audit: s.writeAudit, Metrics: s.metrics}
 }
 
 func (s *Server) params() certs.Params {
@@ -569,10 +443,16 @@ func usageString(c *x509.Certificate) string {
 }
 
 func (s *Server) serverCABundle() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ca := s.cas[certs.ServerCA]; ca != nil {
+	if ca := s.caSet()[certs.ServerCA]; ca != nil {
 		return ca.BundlePEM
+	}
+	return nil
+}
+
+// caSet returns the loaded CAs (nil before loadCAs).
+func (s *Server) caSet() map[certs.CAID]*pki.CA {
+	if p := s.cas.Load(); p != nil {
+		return *p
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/nodeauth"
 	"github.com/kpki/kpki/internal/nodeclaim"
 )
 
@@ -37,7 +38,7 @@ func TestServerRegistry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	raw, _, err := s.store.Get(ctx, serversPrefix+"node-a")
+	raw, _, err := s.store.Get(ctx, nodeauth.ServersPrefix+"node-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,32 +50,32 @@ func TestServerRegistry(t *testing.T) {
 		!slices.Equal(rec.TLSSANs, cfg.TLSSANs) || rec.ServiceCIDR != "10.43.0.0/16" || rec.ClusterDomain != "cluster.local" {
 		t.Errorf("server record %s", raw)
 	}
-	if v, _, err := s.store.Get(ctx, nodePasswordPrefix+"node-a"); err != nil || string(v) != serverNodeMarker {
-		t.Errorf("node-password record of the server's name = %q, %v; want %q", v, err, serverNodeMarker)
+	if v, _, err := s.store.Get(ctx, nodeauth.NodePasswordPrefix+"node-a"); err != nil || string(v) != nodeauth.ServerNodeMarker {
+		t.Errorf("node-password record of the server's name = %q, %v; want %q", v, err, nodeauth.ServerNodeMarker)
 	}
 	for _, pw := range []string{"", "kpki-server", "guess"} {
-		if ok, err := s.checkNodePassword(ctx, "node-a", pw); ok || !errors.Is(err, errServerNodeName) {
+		if ok, err := s.nodes.CheckNodePassword(ctx, "node-a", pw); ok || !errors.Is(err, nodeauth.ErrServerNodeName) {
 			t.Errorf("node password %q for the server's name: ok=%v err=%v", pw, ok, err)
 		}
 	}
 
-	list, err := s.clusterServers(ctx)
+	list, err := s.nodes.ClusterServers(ctx)
 	if err != nil || !slices.Equal(serverNames(list), []string{"node-a"}) {
 		t.Fatalf("clusterServers = %v, %v", serverNames(list), err)
 	}
-	waitFor(t, func() bool { s.registry.mu.Lock(); defer s.registry.mu.Unlock(); return s.registry.watching })
-	if _, err := s.clusterServers(ctx); err != nil { // fills the cache
+	waitFor(t, s.nodes.Watching)
+	if _, err := s.nodes.ClusterServers(ctx); err != nil { // fills the cache
 		t.Fatal(err)
 	}
 	other, _ := json.Marshal(nodeclaim.Server{NodeName: "node-b", AdvertiseAddress: "10.1.1.1"})
-	if err := s.store.Put(ctx, serversPrefix+"node-b", other); err != nil {
+	if err := s.store.Put(ctx, nodeauth.ServersPrefix+"node-b", other); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool {
-		list, err := s.clusterServers(ctx)
+		list, err := s.nodes.ClusterServers(ctx)
 		return err == nil && slices.Equal(serverNames(list), []string{"node-a", "node-b"})
 	})
-	list, _ = s.clusterServers(ctx)
+	list, _ = s.nodes.ClusterServers(ctx)
 	if err := nodeclaim.Check(list, "worker", []net.IP{net.ParseIP("10.1.1.1")}); err == nil || !strings.Contains(err.Error(), "server node-b") {
 		t.Errorf("claim of node-b's address: %v", err)
 	}
@@ -88,36 +89,36 @@ func TestServerRegistry(t *testing.T) {
 		}
 	}
 
-	if err := s.store.Put(ctx, serversPrefix+"broken", []byte("{not json")); err != nil {
+	if err := s.store.Put(ctx, nodeauth.ServersPrefix+"broken", []byte("{not json")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { _, err := s.clusterServers(ctx); return err != nil })
-	if _, err := s.clusterServers(ctx); err == nil || !strings.Contains(err.Error(), serversPrefix+"broken") {
+	waitFor(t, func() bool { _, err := s.nodes.ClusterServers(ctx); return err != nil })
+	if _, err := s.nodes.ClusterServers(ctx); err == nil || !strings.Contains(err.Error(), nodeauth.ServersPrefix+"broken") {
 		t.Errorf("a broken record: %v", err)
 	}
-	if _, err := s.store.Client().Delete(ctx, serversPrefix+"broken"); err != nil {
+	if _, err := s.store.Client().Delete(ctx, nodeauth.ServersPrefix+"broken"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { _, err := s.clusterServers(ctx); return err == nil })
+	waitFor(t, func() bool { _, err := s.nodes.ClusterServers(ctx); return err == nil })
 
 	// The node-IP index: a first claim, the same node again, another node.
 	ip := []net.IP{net.ParseIP("::ffff:10.0.0.5")}
-	if err := s.recordIPClaims(ctx, "worker-1", ip, "test"); err != nil {
+	if err := s.nodes.RecordIPClaims(ctx, "worker-1", ip, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.recordIPClaims(ctx, "worker-1", ip, "test"); err != nil {
+	if err := s.nodes.RecordIPClaims(ctx, "worker-1", ip, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if v, _, err := s.store.Get(ctx, nodeIPPrefix+"10.0.0.5"); err != nil || string(v) != "worker-1" {
+	if v, _, err := s.store.Get(ctx, nodeauth.NodeIPPrefix+"10.0.0.5"); err != nil || string(v) != "worker-1" {
 		t.Fatalf("index of 10.0.0.5 = %q, %v", v, err)
 	}
 	if n := strings.Count(readAudit(t, s), `"node-ip-reclaimed"`); n != 0 {
 		t.Errorf("%d node-ip-reclaimed entries before another node claimed the IP", n)
 	}
-	if err := s.recordIPClaims(ctx, "worker-2", ip, "test"); err != nil {
+	if err := s.nodes.RecordIPClaims(ctx, "worker-2", ip, "test"); err != nil {
 		t.Fatal(err)
 	}
-	if v, _, err := s.store.Get(ctx, nodeIPPrefix+"10.0.0.5"); err != nil || string(v) != "worker-2" {
+	if v, _, err := s.store.Get(ctx, nodeauth.NodeIPPrefix+"10.0.0.5"); err != nil || string(v) != "worker-2" {
 		t.Errorf("index of 10.0.0.5 = %q, %v after worker-2 claimed it", v, err)
 	}
 	log := readAudit(t, s)
@@ -133,16 +134,16 @@ func TestServerTakesBackItsName(t *testing.T) {
 	s := startServer(t, cfg, clock.NewFake(time.Now()), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := s.store.Put(ctx, nodePasswordPrefix+"node-a", []byte("00:agent")); err != nil {
+	if err := s.store.Put(ctx, nodeauth.NodePasswordPrefix+"node-a", []byte("00:agent")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.store.Put(ctx, nodeIPPrefix+"127.0.0.1", []byte("squatter")); err != nil {
+	if err := s.store.Put(ctx, nodeauth.NodeIPPrefix+"127.0.0.1", []byte("squatter")); err != nil {
 		t.Fatal(err)
 	}
 	s.Stop()
 	s = startServer(t, cfg, clock.NewFake(time.Now()), nil)
 	defer s.Stop()
-	if v, _, err := s.store.Get(ctx, nodePasswordPrefix+"node-a"); err != nil || string(v) != serverNodeMarker {
+	if v, _, err := s.store.Get(ctx, nodeauth.NodePasswordPrefix+"node-a"); err != nil || string(v) != nodeauth.ServerNodeMarker {
 		t.Errorf("node-password record = %q, %v; want the server marker", v, err)
 	}
 	log := readAudit(t, s)

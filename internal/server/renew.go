@@ -30,12 +30,12 @@ func (s *Server) renewLoop(ctx context.Context) {
 
 // RenewNow runs one renewal pass, then logs the CAs close to expiry (once each).
 func (s *Server) RenewNow() error {
-	s.mu.Lock()
+	s.pkiMu.Lock()
 	changed, err := s.ensureLeaves("renewer")
 	if err == nil && len(changed) > 0 {
 		err = s.writeDerived()
 	}
-	s.mu.Unlock()
+	s.pkiMu.Unlock()
 	s.warnExpiringCAs()
 	if err != nil {
 		return err
@@ -65,13 +65,14 @@ func (s *Server) caWarnWindow() time.Duration {
 	return max(s.r.caWarn, s.r.renewBefore)
 }
 
-// caExpiries evaluates every loaded CA at the current time. Callers hold s.mu.
+// caExpiries evaluates every loaded CA at the current time.
 func (s *Server) caExpiries() []caExpiry {
 	now := s.clock.Now()
 	window := s.caWarnWindow()
 	var out []caExpiry
+	cas := s.caSet()
 	for _, spec := range certs.CAs {
-		ca := s.cas[spec.ID]
+		ca := cas[spec.ID]
 		if ca == nil {
 			continue
 		}
@@ -84,7 +85,7 @@ func (s *Server) caExpiries() []caExpiry {
 }
 
 // updateCAExpiryMetrics sets kpki_ca_chain_expiration_seconds and kpki_ca_expiring for
-// every loaded CA. Callers hold s.mu.
+// every loaded CA.
 func (s *Server) updateCAExpiryMetrics() {
 	s.metrics.CAChainExpiry.Reset()
 	s.metrics.CAExpiring.Reset()
@@ -101,9 +102,7 @@ func (s *Server) updateCAExpiryMetrics() {
 // warnExpiringCAs logs one line per CA whose chain ends within the CA warning window:
 // a warning while it is still valid, an error once it has expired.
 func (s *Server) warnExpiringCAs() {
-	s.mu.Lock()
 	list := s.caExpiries()
-	s.mu.Unlock()
 	now := s.clock.Now()
 	windowDays := int(s.caWarnWindow() / (24 * time.Hour))
 	for _, e := range list {

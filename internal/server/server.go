@@ -20,8 +20,12 @@ import (
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/httplimit"
 	"github.com/kpki/kpki/internal/metrics"
+	"github.com/kpki/kpki/internal/nodeauth"
+	"github.com/kpki/kpki/internal/nodeclaim"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/sdnotify"
+	"github.com/kpki/kpki/internal/server/record"
 	"github.com/kpki/kpki/internal/supervisor"
 	"github.com/kpki/kpki/internal/token"
 )
@@ -53,25 +57,30 @@ type Server struct {
 	store    *datastore.Store
 	embedded *datastore.Embedded
 
-	mu  sync.Mutex // serializes PKI changes (start-up, renewer)
-	cas map[certs.CAID]*pki.CA
+	// pkiMu serializes changes of the PKI files once the server runs (renewer, token
+	// rotate); stateMu guards tok and agentPassword then. Neither is held across a
+	// datastore or network call.
+	pkiMu   sync.Mutex
+	stateMu sync.Mutex
+	// cas are the loaded CAs; a loaded map is never changed, only replaced.
+	cas atomic.Pointer[map[certs.CAID]*pki.CA]
 	tok token.Token
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
 	// rotating: this start follows `certificate rotate` (the force-restart marker).
 	rotating      bool
 	agentPassword string
-	bootstrapKey  string
-	bootstrapRev  atomic.Int64
+	// own is the last revision of the bootstrap record this server read or wrote.
+	own record.Own
 	// firstStart is set while this server creates the cluster's bootstrap data.
 	firstStart bool
 
 	servingCertV atomic.Pointer[tls.Certificate]
-	registry     serverRegistry
+	nodes        *nodeauth.Registry
 
 	// creds is the passwd this server authenticates with: the bootstrap record's,
 	// switched with the record (settlePasswd, token rotate), not re-read from disk.
-	creds atomic.Pointer[Passwd]
+	creds atomic.Pointer[passwd.File]
 
 	ready  atomic.Bool
 	cancel context.CancelFunc
@@ -122,9 +131,6 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	return s, nil
 }
-
-// Layout returns the server's data dir layout.
-func (s *Server) Layout() datadir.Layout { return s.layout }
 
 // Metrics returns the server's metrics.
 func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
@@ -199,8 +205,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	// The token files now hold the token the record is under: a recorded rotation is
 	// finished, or never reached the datastore.
-	s.dropPendingToken()
-	if err := s.registerServer(ctx); err != nil {
+	s.DropPendingToken()
+	s.nodes = &nodeauth.Registry{Store: s.store, Self: s.selfRecord(), Log: s.log, Clock: s.clock, Audit: s.writeAudit}
+	if err := s.nodes.RegisterServer(ctx); err != nil {
 		return err
 	}
 	if datadir.Exists(s.layout.ForceRestart()) {
@@ -213,8 +220,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
 	s.sup.SetCertificate(s.servingCert())
-	s.registerAPI()
-	s.registerAgentAPI()
+	s.handlers().Register()
 
 	bctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -224,7 +230,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
-	s.goBackground(func() error { s.watchServers(bctx); return nil }, "server registry watch")
+	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {
@@ -254,9 +260,6 @@ func (s *Server) goBackground(f func() error, name string) {
 		}
 	}()
 }
-
-// Fatal delivers the first error of a background component.
-func (s *Server) Fatal() <-chan error { return s.fatal }
 
 // Stop shuts everything down and releases the data dir.
 func (s *Server) Stop() {
@@ -353,3 +356,13 @@ func (s *Server) loadServingCert() error {
 }
 
 func (s *Server) servingCert() *tls.Certificate { return s.servingCertV.Load() }
+
+// selfRecord is what this server owns.
+func (s *Server) selfRecord() nodeclaim.Server {
+	rec := nodeclaim.Server{NodeName: s.r.nodeName, AdvertiseAddress: s.r.advertise,
+		TLSSANs: append([]string{}, s.cfg.TLSSANs...), ServiceCIDR: s.cfg.ServiceCIDR, ClusterDomain: s.cfg.ClusterDomain}
+	for _, ip := range s.r.nodeIPs {
+		rec.NodeIPs = append(rec.NodeIPs, ip.String())
+	}
+	return rec
+}

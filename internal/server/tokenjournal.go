@@ -19,17 +19,18 @@ import (
 // longer exists: the next start finds the record under the pending password, takes it,
 // and rewrites the token files.
 
-func (s *Server) pendingTokenFile() string { return s.layout.TokenFile() + ".rotating" }
+// PendingTokenFile records the password a token rotation is moving to.
+func (s *Server) PendingTokenFile() string { return s.layout.TokenFile() + ".rotating" }
 
-// writePendingToken records pw as the password a token rotation is about to move to.
-func (s *Server) writePendingToken(pw string) error {
-	return datadir.WriteFile(s.pendingTokenFile(), []byte(pw+"\n"), 0o600)
+// WritePendingToken records pw as the password a token rotation is about to move to.
+func (s *Server) WritePendingToken(pw string) error {
+	return datadir.WriteFile(s.PendingTokenFile(), []byte(pw+"\n"), 0o600)
 }
 
-// dropPendingToken removes the record of a rotation that is finished or did not happen.
-func (s *Server) dropPendingToken() {
-	if err := os.Remove(s.pendingTokenFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Warn("could not remove the record of a token rotation", "file", s.pendingTokenFile(), "error", err)
+// DropPendingToken removes the record of a rotation that is finished or did not happen.
+func (s *Server) DropPendingToken() {
+	if err := os.Remove(s.PendingTokenFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("could not remove the record of a token rotation", "file", s.PendingTokenFile(), "error", err)
 	}
 }
 
@@ -41,7 +42,7 @@ func (s *Server) adoptPendingToken(ctx context.Context) (bool, error) {
 	if !s.tokenFromFile || s.ready.Load() {
 		return false, nil
 	}
-	data, err := datadir.ReadOptional(s.pendingTokenFile())
+	data, err := datadir.ReadOptional(s.PendingTokenFile())
 	if err != nil || data == nil {
 		return false, err
 	}
@@ -57,10 +58,10 @@ func (s *Server) adoptPendingToken(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	if _, err := bootstrap.Decrypt(pw, string(value)); err != nil {
-		return false, fmt.Errorf("bootstrap data under the pending token of %s: %w", s.pendingTokenFile(), err)
+		return false, fmt.Errorf("bootstrap data under the pending token of %s: %w", s.PendingTokenFile(), err)
 	}
 	s.log.Warn("completing a token rotation that was interrupted before the token files were written: taking the new token from the datastore",
-		"token-file", s.layout.TokenFile(), "pending", s.pendingTokenFile())
+		"token-file", s.layout.TokenFile(), "pending", s.PendingTokenFile())
 	s.tok.Password = pw
 	return true, nil
 }

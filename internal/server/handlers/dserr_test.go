@@ -1,9 +1,11 @@
-package server
+package handlers
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -15,7 +17,7 @@ import (
 )
 
 func TestDatastoreError(t *testing.T) {
-	s := &Server{sup: supervisor.New(supervisor.Config{Log: quietLog()})}
+	s := &API{Sup: supervisor.New(supervisor.Config{Log: quietLog()})}
 	noQuorum := &datastore.UnavailableError{Op: "create", Key: "/kpki/node-passwords/n1", NoQuorum: true, Attempts: 9, Err: rpctypes.ErrNoLeader}
 	timedOut := &datastore.UnavailableError{Op: "get", Key: "/bootstrap/x", Attempts: 12, Err: rpctypes.ErrTimeout}
 	for _, tc := range []struct {
@@ -52,3 +54,5 @@ func TestDatastoreError(t *testing.T) {
 		})
 	}
 }
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

@@ -1,4 +1,4 @@
-package server
+package handlers
 
 import (
 	"errors"
@@ -29,12 +29,12 @@ func datastoreUnavailable(err error) (public error, ok bool) {
 // caused by a datastore that did not answer becomes a 503 with Retry-After and the error
 // "datastore unavailable (no quorum)" (or "datastore unavailable"); the full error is
 // logged with the request's error id.
-func (s *Server) datastoreError(w http.ResponseWriter, r *http.Request, code int, err error) {
+func (s *API) datastoreError(w http.ResponseWriter, r *http.Request, code int, err error) {
 	if code == http.StatusInternalServerError {
 		if public, ok := datastoreUnavailable(err); ok {
-			s.sup.Unavailable(w, r, public, err, datastoreRetryAfter)
+			s.Sup.Unavailable(w, r, public, err, datastoreRetryAfter)
 			return
 		}
 	}
-	s.sup.Error(w, r, code, err)
+	s.Sup.Error(w, r, code, err)
 }

@@ -30,6 +30,7 @@ Scenarios (run in the order given):
   ping   GET /ping: TLS and HTTP without PKI work, the baseline
   renew  --nodes registered nodes re-sign (registered before the timed run)
   join   every request is a node never seen before: registration, then signing
+  cfssl  the same kind of CSR signed by a cfssl serve at --cfssl (plain HTTP), the peer
 
 Keys and CSRs are generated before the timed runs. Load is only sent to a loopback
 address. Exit status: 0 ok, 1 failure, 2 bad flags, 3 some requests failed.
@@ -59,10 +60,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.Requests, "requests", DefaultRequests, fmt.Sprintf("timed requests per scenario, across all workers (at most %d)", MaxRequests))
 	fs.IntVar(&cfg.Concurrency, "concurrency", DefaultConcurrency, "requests in flight")
 	fs.DurationVar(&cfg.Duration, "duration", DefaultDuration, fmt.Sprintf("hard stop of the whole run, set-up included (at most %v)", MaxDuration))
-	fs.StringSliceVar(&scenarios, "scenario", []string{"ping", "renew", "join"}, "scenarios to run, in order: ping, renew, join")
+	fs.StringSliceVar(&scenarios, "scenario", []string{"ping", "renew", "join"}, "scenarios to run, in order: ping, renew, join, cfssl")
 	fs.StringVar(&cfg.Cert, "cert", DefaultCert, "agent certificate the signing scenarios ask for")
 	fs.StringVar(&cfg.NamePrefix, "name-prefix", DefaultNamePrefix, "start of every node name; a random run id follows it")
 	fs.BoolVar(&cfg.KeepAlive, "keep-alive", false, "reuse connections instead of one TLS connection per request")
+	fs.StringVar(&cfg.CFSSL, "cfssl", "", "http://127.0.0.1:<port> of a cfssl serve, for the cfssl scenario")
 	fs.BoolVar(&jsonOut, "json", false, "write the report as JSON")
 
 	if err := fs.Parse(args); err != nil {
@@ -85,24 +87,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err := cfg.Validate(); err != nil {
 		return fail(ExitUsage, err)
 	}
-	if _, err := CheckServer(ctx, cfg.Server); err != nil {
-		return fail(ExitUsage, err)
-	}
-	switch {
-	case cfg.Token != "" && tokenFile != "":
-		return fail(ExitUsage, errors.New("give --token or --token-file, not both"))
-	case tokenFile != "":
-		data, err := os.ReadFile(tokenFile)
-		if err != nil {
-			return fail(ExitUsage, fmt.Errorf("--token-file: %w", err))
+	if cfg.needsKPKI() {
+		if _, err := CheckServer(ctx, cfg.Server); err != nil {
+			return fail(ExitUsage, err)
 		}
-		cfg.Token = strings.TrimSpace(string(data))
-	case cfg.Token == "":
-		return fail(ExitUsage, errors.New("--token or --token-file is required: the agent token, <data-dir>/server/agent-token"))
+		switch {
+		case cfg.Token != "" && tokenFile != "":
+			return fail(ExitUsage, errors.New("give --token or --token-file, not both"))
+		case tokenFile != "":
+			data, err := os.ReadFile(tokenFile)
+			if err != nil {
+				return fail(ExitUsage, fmt.Errorf("--token-file: %w", err))
+			}
+			cfg.Token = strings.TrimSpace(string(data))
+		case cfg.Token == "":
+			return fail(ExitUsage, errors.New("--token or --token-file is required: the agent token, <data-dir>/server/agent-token"))
+		}
 	}
 
-	progress := stderr
-	rep, err := Run(ctx, cfg, progress)
+	rep, err := Run(ctx, cfg, stderr)
 	if err != nil {
 		return fail(ExitFailed, err)
 	}

@@ -53,6 +53,10 @@ type runner struct {
 	protoOnce sync.Once
 	join      []node
 	renew     []node
+	cfsslCSRs []node
+	// cfssl is the checked base URL of the cfssl serve, cfsslHTTP its client.
+	cfssl     string
+	cfsslHTTP *http.Client
 }
 
 // Run checks cfg, pins the cluster CA with the token, generates every key, registers the
@@ -66,43 +70,27 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tgt, err := CheckServer(ctx, cfg.Server)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := token.Parse(cfg.Token)
-	if err != nil {
-		return nil, fmt.Errorf("--token: %w", err)
-	}
-	if !tok.Secure() {
-		return nil, errors.New("--token must be a secure agent token, K10<ca-hash>::node:<password>: kpki-load pins the cluster CA with its hash")
-	}
 	leaf, _ := agentLeaf(cfg.Cert)
-	r := &runner{cfg: cfg, tgt: tgt, user: tok.Username, pw: tok.Password, leaf: leaf}
-	if r.user == "" {
-		r.user = agent.DefaultUser
+	r := &runner{cfg: cfg, leaf: leaf}
+	for _, s := range cfg.Scenarios {
+		if s == CFSSL {
+			r.cfssl, _ = checkCFSSL(cfg.CFSSL)
+			r.cfsslHTTP = cfsslClient(cfg)
+			defer r.cfsslHTTP.CloseIdleConnections()
+		}
 	}
-
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
-
-	// The CA is fetched from the checked loopback address; every later connection is
-	// verified against the anchor the token names, for the URL's host name.
-	tr, err := api.FetchPinnedCA(ctx, tgt.pinnedBase(), tok, api.FetchOptions{})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("stopped while fetching %s%s: %w", tgt.pinnedBase(), api.PathCACerts, err)
+	if cfg.needsKPKI() {
+		if err := r.connect(ctx); err != nil {
+			return nil, err
 		}
-		return nil, err
-	}
-	r.client = newClient(tgt, tr, cfg)
-	defer r.client.CloseIdleConnections()
-	if err := r.checkCredentials(ctx); err != nil {
-		return nil, err
+		defer r.client.CloseIdleConnections()
 	}
 
 	rep := &Report{
-		Server:      tgt.base,
+		Server:      r.tgt.base,
+		CFSSL:       r.cfssl,
 		Cert:        cfg.Cert,
 		Requests:    cfg.Requests,
 		Concurrency: cfg.Concurrency,
@@ -137,6 +125,41 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	rep.Protocol = r.proto
 	rep.compare()
 	return rep, nil
+}
+
+// connect checks the server address and the token, pins the cluster CA with the token and
+// checks the token's credentials.
+func (r *runner) connect(ctx context.Context) error {
+	tgt, err := CheckServer(ctx, r.cfg.Server)
+	if err != nil {
+		return err
+	}
+	tok, err := token.Parse(r.cfg.Token)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	if !tok.Secure() {
+		return errors.New("--token must be a secure agent token, K10<ca-hash>::node:<password>: kpki-load pins the cluster CA with its hash")
+	}
+	r.tgt, r.user, r.pw = tgt, tok.Username, tok.Password
+	if r.user == "" {
+		r.user = agent.DefaultUser
+	}
+	// The CA is fetched from the checked loopback address; every later connection is
+	// verified against the anchor the token names, for the URL's host name.
+	tr, err := api.FetchPinnedCA(ctx, tgt.pinnedBase(), tok, api.FetchOptions{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped while fetching %s%s: %w", tgt.pinnedBase(), api.PathCACerts, err)
+		}
+		return err
+	}
+	r.client = newClient(tgt, tr, r.cfg)
+	if err := r.checkCredentials(ctx); err != nil {
+		r.client.CloseIdleConnections()
+		return err
+	}
+	return nil
 }
 
 // stopReason names why ctx ended, or "" while it is live.
@@ -274,6 +297,8 @@ func (r *runner) prepare(ctx context.Context, progress io.Writer, rep *Report) e
 		case Renew:
 			want = append(want, Renew)
 			rep.Nodes = r.cfg.Nodes
+		case CFSSL:
+			want = append(want, CFSSL)
 		}
 	}
 	for _, s := range want {
@@ -288,10 +313,13 @@ func (r *runner) prepare(ctx context.Context, progress io.Writer, rep *Report) e
 		}
 		fmt.Fprintf(progress, "kpki-load: %s: %d keys and CSRs for nodes %s-%s-%s-* in %v\n",
 			s, count, r.cfg.NamePrefix, runID, s, time.Since(start).Round(time.Millisecond))
-		if s == Join {
+		switch s {
+		case Join:
 			r.join = nodes
-		} else {
+		case Renew:
 			r.renew = nodes
+		case CFSSL:
+			r.cfsslCSRs = nodes
 		}
 	}
 	if r.renew != nil {
@@ -469,6 +497,9 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 	case Join:
 		n = r.join[i]
 		a, err = r.sign(ctx, n)
+	case CFSSL:
+		n = r.cfsslCSRs[i]
+		a, err = r.cfsslSign(ctx, n)
 	}
 	d := time.Since(start)
 	switch {
@@ -490,7 +521,7 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 	}
 	r.protoOnce.Do(func() { r.proto = a.proto })
 	t.latencies = append(t.latencies, d)
-	if s != Ping && r.cfg.OnIssued != nil {
+	if s != Ping && s != CFSSL && r.cfg.OnIssued != nil {
 		r.cfg.OnIssued(Issued{Scenario: s, Node: n.name, CSR: n.csr, Reply: a.body})
 	}
 }

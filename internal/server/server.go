@@ -49,6 +49,7 @@ type Server struct {
 	lock      *datadir.FileLock
 	supLn     net.Listener
 	metricsLn net.Listener
+	pprofLn   net.Listener
 
 	store    *datastore.Store
 	embedded *datastore.Embedded
@@ -222,6 +223,9 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if s.metricsLn != nil {
 		s.goBackground(func() error { return s.metrics.Serve(bctx, s.metricsLn, httplimit.Default()) }, "metrics")
 	}
+	if s.pprofLn != nil {
+		s.goBackground(func() error { return servePprof(bctx, s.pprofLn) }, "pprof")
+	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
 	s.goBackground(func() error { s.watchServers(bctx); return nil }, "server registry watch")
@@ -276,6 +280,9 @@ func (s *Server) release() {
 	if s.metricsLn != nil {
 		s.metricsLn.Close()
 	}
+	if s.pprofLn != nil {
+		s.pprofLn.Close()
+	}
 	if s.embedded != nil {
 		s.embedded.Close()
 		s.embedded = nil
@@ -308,6 +315,14 @@ func (s *Server) preflight() error {
 			return fmt.Errorf("metrics address %s is not available: %w", s.cfg.MetricsAddress, err)
 		}
 		s.metricsLn = ml
+	}
+	if s.cfg.PprofAddress != "" {
+		pl, err := listenPprof(s.cfg.PprofAddress)
+		if err != nil {
+			s.release()
+			return err
+		}
+		s.pprofLn = pl
 	}
 	if s.embeddedEtcd() {
 		for _, p := range []struct {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -169,28 +168,35 @@ func (s *Server) refuseClaim(w http.ResponseWriter, r *http.Request, node string
 // The stored value is a salted SHA-256: node passwords are 128-bit random. A node name
 // a server registered (serverNodeMarker) gives errServerNodeName.
 func (s *Server) checkNodePassword(ctx context.Context, node, pw string) (bool, error) {
+	if hit, serverName := s.nodes.check(node, pw); serverName {
+		return false, errServerNodeName
+	} else if hit {
+		return true, nil
+	}
 	key := nodePasswordPrefix + node
 	var salt [16]byte
 	if _, err := rand.Read(salt[:]); err != nil {
 		return false, err
 	}
-	created, stored, err := s.store.CreateOrGet(ctx, key, []byte(hex.EncodeToString(salt[:])+":"+nodeHash(salt[:], pw)))
+	record := hex.EncodeToString(salt[:]) + ":" + nodeHash(salt[:], pw)
+	created, stored, rev, err := s.store.CreateOrGetRev(ctx, key, []byte(record))
 	if err != nil {
 		return false, err
 	}
 	if created {
+		s.nodes.put(node, record, rev)
 		s.log.Info("registered node", "node", node)
 		return true, nil
 	}
+	s.nodes.put(node, string(stored), rev)
 	if string(stored) == serverNodeMarker {
 		return false, errServerNodeName
 	}
-	saltHex, sum, ok := strings.Cut(string(stored), ":")
-	storedSalt, err := hex.DecodeString(saltHex)
-	if !ok || err != nil {
+	match, wellFormed := recordMatches(string(stored), pw)
+	if !wellFormed {
 		return false, fmt.Errorf("node password record %s is malformed", key)
 	}
-	return subtle.ConstantTimeCompare([]byte(nodeHash(storedSalt, pw)), []byte(sum)) == 1, nil
+	return match, nil
 }
 
 func nodeHash(salt []byte, pw string) string {

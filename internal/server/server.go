@@ -69,6 +69,7 @@ type Server struct {
 
 	servingCertV atomic.Pointer[tls.Certificate]
 	registry     serverRegistry
+	nodes        nodeCache
 
 	// creds is the passwd this server authenticates with: the bootstrap record's,
 	// switched with the record (settlePasswd, token rotate), not re-read from disk.
@@ -229,6 +230,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
 	s.goBackground(func() error { s.watchServers(bctx); return nil }, "server registry watch")
+	s.goBackground(func() error { s.watchNodes(bctx); return nil }, "node password watch")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {

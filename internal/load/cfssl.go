@@ -56,7 +56,7 @@ func cfsslClient(cfg Config) *http.Client {
 }
 
 // cfsslSign sends n's CSR, PEM-encoded, to cfssl's sign endpoint.
-func (r *runner) cfsslSign(ctx context.Context, n node) (answer, error) {
+func (r *runner) cfsslSign(ctx context.Context, c *http.Client, n node) (answer, error) {
 	body, err := json.Marshal(map[string]string{
 		"certificate_request": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: n.csr})),
 	})
@@ -68,7 +68,7 @@ func (r *runner) cfsslSign(ctx context.Context, n node) (answer, error) {
 		return answer{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := r.cfsslHTTP.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return answer{}, err
 	}

@@ -54,6 +54,7 @@ type runner struct {
 	join      []node
 	renew     []node
 	cfsslCSRs []node
+	trust     *trust.Trust
 	// cfssl is the checked base URL of the cfssl serve, cfsslHTTP its client.
 	cfssl     string
 	cfsslHTTP *http.Client
@@ -154,6 +155,7 @@ func (r *runner) connect(ctx context.Context) error {
 		}
 		return err
 	}
+	r.trust = tr
 	r.client = newClient(tgt, tr, r.cfg)
 	if err := r.checkCredentials(ctx); err != nil {
 		r.client.CloseIdleConnections()
@@ -210,8 +212,8 @@ type answer struct {
 	proto  string
 }
 
-func (r *runner) do(req *http.Request) (answer, error) {
-	resp, err := r.client.Do(req)
+func (r *runner) do(c *http.Client, req *http.Request) (answer, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return answer{}, err
 	}
@@ -223,15 +225,15 @@ func (r *runner) do(req *http.Request) (answer, error) {
 	return answer{status: resp.StatusCode, body: body, proto: resp.Proto}, nil
 }
 
-func (r *runner) ping(ctx context.Context) (answer, error) {
+func (r *runner) ping(ctx context.Context, c *http.Client) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.tgt.base+api.PathPing, nil)
 	if err != nil {
 		return answer{}, err
 	}
-	return r.do(req)
+	return r.do(c, req)
 }
 
-func (r *runner) sign(ctx context.Context, n node) (answer, error) {
+func (r *runner) sign(ctx context.Context, c *http.Client, n node) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.tgt.base+api.SignPath(r.leaf.Name), bytes.NewReader(n.csr))
 	if err != nil {
 		return answer{}, err
@@ -240,7 +242,7 @@ func (r *runner) sign(ctx context.Context, n node) (answer, error) {
 	req.Header.Set("Content-Type", api.ContentTypeCSR)
 	req.Header.Set(api.HeaderNodeName, n.name)
 	req.Header.Set(api.HeaderNodePassword, n.password)
-	return r.do(req)
+	return r.do(c, req)
 }
 
 // checkCredentials fetches the signing CA's bundle with the token's credentials, so that
@@ -255,7 +257,7 @@ func (r *runner) checkCredentials(ctx context.Context) error {
 		return err
 	}
 	req.SetBasicAuth(r.user, r.pw)
-	a, err := r.do(req)
+	a, err := r.do(r.client, req)
 	if err != nil {
 		return fmt.Errorf("GET %s%s: %w", r.tgt.base, path, err)
 	}
@@ -393,7 +395,7 @@ func (r *runner) register(ctx context.Context, nodes []node) error {
 				if i >= len(nodes) || ctx.Err() != nil {
 					return
 				}
-				a, err := r.sign(ctx, nodes[i])
+				a, err := r.sign(ctx, r.client, nodes[i])
 				if err == nil && a.status != http.StatusOK {
 					err = errors.New(errorText(a))
 				}
@@ -411,6 +413,20 @@ func (r *runner) register(ctx context.Context, nodes []node) error {
 	return firstErr
 }
 
+// workerClient is the client of one worker of scenario s: with keep-alive a client of
+// its own, which keeps one connection; else the shared one, which keeps none.
+func (r *runner) workerClient(s Scenario) *http.Client {
+	switch {
+	case s == CFSSL && r.cfg.KeepAlive:
+		return cfsslClient(r.cfg)
+	case s == CFSSL:
+		return r.cfsslHTTP
+	case r.cfg.KeepAlive:
+		return newClient(r.tgt, r.trust, r.cfg)
+	}
+	return r.client
+}
+
 // tally is one worker's share of a timed run.
 type tally struct {
 	latencies   []time.Duration
@@ -418,6 +434,9 @@ type tally struct {
 	first       map[string]string
 	interrupted int
 	issued      int
+	// client is the worker's own: with keep-alive, each worker holds its connection,
+	// as each agent of a fleet does.
+	client *http.Client
 }
 
 func (t *tally) fail(kind, msg string) {
@@ -435,8 +454,9 @@ func (r *runner) timed(ctx context.Context, s Scenario) Result {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range tallies {
-		t := &tally{errors: map[string]int{}, first: map[string]string{}}
+		t := &tally{errors: map[string]int{}, first: map[string]string{}, client: r.workerClient(s)}
 		tallies[w] = t
+		defer t.client.CloseIdleConnections()
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
@@ -490,16 +510,16 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 	var err error
 	switch s {
 	case Ping:
-		a, err = r.ping(ctx)
+		a, err = r.ping(ctx, t.client)
 	case Renew:
 		n = r.renew[i%len(r.renew)]
-		a, err = r.sign(ctx, n)
+		a, err = r.sign(ctx, t.client, n)
 	case Join:
 		n = r.join[i]
-		a, err = r.sign(ctx, n)
+		a, err = r.sign(ctx, t.client, n)
 	case CFSSL:
 		n = r.cfsslCSRs[i]
-		a, err = r.cfsslSign(ctx, n)
+		a, err = r.cfsslSign(ctx, t.client, n)
 	}
 	d := time.Since(start)
 	switch {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -35,21 +36,30 @@ type Options struct {
 	// Requests per measurement, Concurrency of the network measurements, Workers of the
 	// in-process limit (the number of CPUs when 0).
 	Requests, Concurrency, Workers int
+	// Rounds is the number of times every measurement is taken, in turn.
+	Rounds int
 	// ServerArgs are added to `kpki server`.
 	ServerArgs []string
 }
 
 // Line is one measurement of a benchmark run.
 type Line struct {
+	Round  int
 	Name   string
 	Result load.Result
 }
 
-// Bench runs every measurement once, in turn, and writes the table to out; progress
-// gets one line a step. It fails when a measurement had failed requests.
+// Bench starts cfssl serve and a kpki server, then runs Rounds rounds of every
+// measurement in turn (limit, cfssl, kpki renew, kpki join; keep-alive, then a new
+// connection per request), so that the load of the machine weighs on all of them alike.
+// It writes the table of medians to out; progress gets one line a measurement. It fails
+// when a request failed.
 func Bench(ctx context.Context, o Options, out, progress io.Writer) ([]Line, error) {
 	if o.Workers == 0 {
 		o.Workers = runtime.NumCPU()
+	}
+	if o.Rounds < 1 {
+		o.Rounds = 1
 	}
 	dir := o.Dir
 	if dir == "" {
@@ -59,40 +69,19 @@ func Bench(ctx context.Context, o Options, out, progress io.Writer) ([]Line, err
 		}
 		defer os.RemoveAll(d)
 		dir = d
-	}
-	var lines []Line
-	add := func(name string, res load.Result) {
-		lines = append(lines, Line{Name: name, Result: res})
-		fmt.Fprintf(progress, "kpki-bench: %s: %.0f certs/s, p50 %.2f ms, %d errors\n", name, res.Throughput, res.Latency.P50, res.Requests-res.OK)
-	}
-
-	fmt.Fprintf(progress, "kpki-bench: in-process limit, %d workers, %d CSRs\n", o.Workers, o.Requests)
-	lim, err := load.Limit(ctx, o.Requests, o.Workers, load.DefaultCert)
-	if err != nil {
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	add(fmt.Sprintf("limit: CSR check + sign, %d workers", o.Workers), lim)
-
 	cf, err := startCFSSL(ctx, dir, o.CFSSL)
 	if err != nil {
 		return nil, err
 	}
-	for _, keep := range []bool{true, false} {
-		rep, err := load.Run(ctx, load.Config{CFSSL: cf.url, Requests: o.Requests, Concurrency: o.Concurrency,
-			Duration: load.MaxDuration, Scenarios: []load.Scenario{load.CFSSL}, KeepAlive: keep}, progress)
-		if err != nil {
-			cf.stop()
-			return nil, err
-		}
-		add("cfssl serve, "+conns(keep), rep.Results[0])
-	}
-	cf.stop()
-
+	defer cf.stop()
 	p, err := portsOn("127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(progress, "kpki-bench: starting kpki server on 127.0.0.1:%d\n", p.supervisor)
+	fmt.Fprintf(progress, "kpki-bench: cfssl serve at %s; starting kpki server on 127.0.0.1:%d\n", cf.url, p.supervisor)
 	srv, err := startServer(ctx, dir, o.Kpki, "127.0.0.1", "bench", p, nil, o.ServerArgs...)
 	if err != nil {
 		return nil, err
@@ -102,14 +91,33 @@ func Bench(ctx context.Context, o Options, out, progress io.Writer) ([]Line, err
 	if err != nil {
 		return nil, err
 	}
-	for _, keep := range []bool{true, false} {
-		rep, err := load.Run(ctx, load.Config{Server: srv.url(), Token: tok, Nodes: load.DefaultNodes, Requests: o.Requests,
-			Concurrency: o.Concurrency, Duration: load.MaxDuration, Scenarios: []load.Scenario{load.Renew, load.Join}, KeepAlive: keep}, progress)
+
+	var lines []Line
+	add := func(round int, name string, res load.Result) {
+		lines = append(lines, Line{Round: round, Name: name, Result: res})
+		fmt.Fprintf(progress, "kpki-bench: round %d: %s: %.0f certs/s, p50 %.2f ms, %d errors\n", round, name, res.Throughput, res.Latency.P50, res.Requests-res.OK)
+	}
+	for round := 1; round <= o.Rounds; round++ {
+		lim, err := load.Limit(ctx, o.Requests, o.Workers, load.DefaultCert)
 		if err != nil {
 			return nil, err
 		}
-		for _, res := range rep.Results {
-			add(fmt.Sprintf("kpki %s, %s", res.Scenario, conns(keep)), res)
+		add(round, fmt.Sprintf("limit: CSR check + sign, %d workers", o.Workers), lim)
+		for _, keep := range []bool{true, false} {
+			rep, err := load.Run(ctx, load.Config{CFSSL: cf.url, Requests: o.Requests, Concurrency: o.Concurrency,
+				Duration: load.MaxDuration, Scenarios: []load.Scenario{load.CFSSL}, KeepAlive: keep}, io.Discard)
+			if err != nil {
+				return nil, err
+			}
+			add(round, "cfssl serve, "+conns(keep), rep.Results[0])
+			rep, err = load.Run(ctx, load.Config{Server: srv.url(), Token: tok, Nodes: load.DefaultNodes, Requests: o.Requests,
+				Concurrency: o.Concurrency, Duration: load.MaxDuration, Scenarios: []load.Scenario{load.Renew, load.Join}, KeepAlive: keep}, io.Discard)
+			if err != nil {
+				return nil, err
+			}
+			for _, res := range rep.Results {
+				add(round, fmt.Sprintf("kpki %s, %s", res.Scenario, conns(keep)), res)
+			}
 		}
 	}
 	writeTable(out, lines, o)
@@ -130,31 +138,64 @@ func conns(keep bool) string {
 	return "new connection per request"
 }
 
-// writeTable prints every line with its ratio to the cfssl keep-alive line and to the
-// limit.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// writeTable prints, for every measurement, the median over the rounds of its
+// throughput and of its ratios to cfssl with keep-alive and to the limit, each ratio
+// taken within its round; then the ratios of every round.
 func writeTable(out io.Writer, lines []Line, o Options) {
-	var limit, cfssl float64
+	type agg struct {
+		tput, vsCFSSL, vsLimit, p50, p99 []float64
+		errors                           int
+	}
+	var names []string
+	by := map[string]*agg{}
+	limit, cfssl := map[int]float64{}, map[int]float64{}
 	for _, l := range lines {
 		switch {
 		case strings.HasPrefix(l.Name, "limit"):
-			limit = l.Result.Throughput
+			limit[l.Round] = l.Result.Throughput
 		case l.Name == "cfssl serve, keep-alive":
-			cfssl = l.Result.Throughput
+			cfssl[l.Round] = l.Result.Throughput
 		}
-	}
-	fmt.Fprintf(out, "%d requests each, concurrency %d over the network, %d CPUs, %s\n\n", o.Requests, o.Concurrency, runtime.NumCPU(), time.Now().UTC().Format(time.RFC3339))
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "measurement\tcerts/s\t÷ cfssl\t÷ limit\tp50 ms\tp99 ms\terrors\t")
-	ratio := func(a, b float64) string {
-		if b <= 0 {
-			return "-"
-		}
-		return strconv.FormatFloat(a/b, 'f', 2, 64)
 	}
 	for _, l := range lines {
+		a := by[l.Name]
+		if a == nil {
+			a = &agg{}
+			by[l.Name] = a
+			names = append(names, l.Name)
+		}
 		r := l.Result
-		fmt.Fprintf(tw, "%s\t%.0f\t%s\t%s\t%.2f\t%.2f\t%d\t\n", l.Name, r.Throughput, ratio(r.Throughput, cfssl), ratio(r.Throughput, limit),
-			r.Latency.P50, r.Latency.P99, r.Requests-r.OK)
+		a.tput = append(a.tput, r.Throughput)
+		a.vsCFSSL = append(a.vsCFSSL, r.Throughput/cfssl[l.Round])
+		a.vsLimit = append(a.vsLimit, r.Throughput/limit[l.Round])
+		a.p50 = append(a.p50, r.Latency.P50)
+		a.p99 = append(a.p99, r.Latency.P99)
+		a.errors += r.Requests - r.OK
+	}
+	fmt.Fprintf(out, "%d requests per measurement, concurrency %d over the network, %d CPUs, %d rounds (medians), %s\n\n",
+		o.Requests, o.Concurrency, runtime.NumCPU(), o.Rounds, time.Now().UTC().Format(time.RFC3339))
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "measurement\tcerts/s\t÷ cfssl\t÷ limit\tp50 ms\tp99 ms\terrors\tper round ÷ cfssl\t")
+	for _, n := range names {
+		a := by[n]
+		var rounds []string
+		for _, v := range a.vsCFSSL {
+			rounds = append(rounds, strconv.FormatFloat(v, 'f', 2, 64))
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", n, median(a.tput), median(a.vsCFSSL), median(a.vsLimit),
+			median(a.p50), median(a.p99), a.errors, strings.Join(rounds, " "))
 	}
 	tw.Flush()
 }

@@ -50,6 +50,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&o.Requests, "requests", 10000, fmt.Sprintf("requests per measurement (at most %d)", load.MaxRequests))
 		fs.IntVar(&o.Concurrency, "concurrency", 16, "requests in flight over the network")
 		fs.IntVar(&o.Workers, "workers", 0, "workers of the in-process limit; 0: one per CPU")
+		fs.IntVar(&o.Rounds, "rounds", 3, "rounds of every measurement, taken in turn; the table gives medians")
 	}
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {

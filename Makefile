@@ -1,5 +1,5 @@
 # Test entry points; .ci/run runs `make test`.
-.PHONY: build install test unit fuzz fuzz-short e2e lint crash bench
+.PHONY: build install test unit fuzz fuzz-short e2e lint crash bench storm
 
 build:
 	go build -o kpki ./cmd/kpki
@@ -82,3 +82,14 @@ bench:
 	@bin=$$(mktemp -d /tmp/kpki-bench-bin.XXXXXX); \
 	go build -o $$bin/kpki ./cmd/kpki && go build -o $$bin/kpki-bench ./cmd/kpki-bench && \
 	$$bin/kpki-bench bench --kpki $$bin/kpki $(BENCH_FLAGS); rc=$$?; rm -rf $$bin; exit $$rc
+
+# A join storm of whole agents (docs/performance.md): for each size of STORM_AGENTS, three
+# servers on 127.0.0.1/.2/.3 (embedded etcd cluster), the first killed when a third of the
+# agents have joined; zero failed joins is required. Joins/s, p50/p99, total time, and the
+# survivors' RSS and etcd db size per joined node.
+STORM_AGENTS ?= 500,1000,2000,5000
+STORM_FLAGS ?=
+storm:
+	@bin=$$(mktemp -d /tmp/kpki-storm-bin.XXXXXX); \
+	go build -o $$bin/kpki ./cmd/kpki && go build -o $$bin/kpki-bench ./cmd/kpki-bench && \
+	$$bin/kpki-bench storm --kpki $$bin/kpki --agents $(STORM_AGENTS) $(STORM_FLAGS); rc=$$?; rm -rf $$bin; exit $$rc

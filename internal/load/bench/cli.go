@@ -50,7 +50,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var timeout time.Duration
 	fs.StringVar(&o.Kpki, "kpki", "./kpki", "kpki binary")
 	fs.StringVar(&o.Dir, "dir", "", "directory of the data dirs and logs (kept); a temporary one, removed, when empty")
-	fs.StringSliceVar(&o.ServerArgs, "server-arg", nil, "extra argument of kpki server (repeatable)")
+	fs.StringSliceVar(&o.ServerArgs, "server-arg", nil, "extra argument of kpki server (repeatable); {ip} stands for the server's address, e.g. --server-arg=--pprof-address={ip}:6060")
 	fs.DurationVar(&timeout, "timeout", 20*time.Minute, "hard stop of the whole run")
 	if mode == "bench" {
 		fs.StringVar(&o.CFSSL, "cfssl", "cfssl", "cfssl binary")

@@ -85,7 +85,9 @@ func startServer(ctx context.Context, dir, bin, ip, name string, p ports, join *
 		}
 		args = append(args, "--server", join.url(), "--token", tok)
 	}
-	args = append(args, extra...)
+	for _, a := range extra {
+		args = append(args, strings.ReplaceAll(a, "{ip}", ip))
+	}
 	pr, err := start(dir, name, bin, args...)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kpki/kpki/internal/certs"
@@ -52,6 +53,7 @@ func Limit(ctx context.Context, requests, workers int, cert string) (Result, err
 	var firstErr error
 	var once sync.Once
 	var wg sync.WaitGroup
+	cpu0 := selfCPU()
 	start := time.Now()
 	for w := range workers {
 		wg.Go(func() {
@@ -75,6 +77,7 @@ func Limit(ctx context.Context, requests, workers int, cert string) (Result, err
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := selfCPU() - cpu0
 	if firstErr == nil && ctx.Err() != nil {
 		firstErr = ctx.Err()
 	}
@@ -89,7 +92,16 @@ func Limit(ctx context.Context, requests, workers int, cert string) (Result, err
 		return Result{}, errors.New("limit: not every request was signed")
 	}
 	res := Result{Scenario: "limit", Requests: requests, OK: requests, Errors: map[string]int{}, Stopped: "requests",
-		ElapsedSeconds: elapsed.Seconds(), Latency: summarize(all)}
+		ElapsedSeconds: elapsed.Seconds(), Latency: summarize(all), CPUSeconds: cpu.Seconds()}
 	res.Throughput = float64(requests) / elapsed.Seconds()
 	return res, nil
+}
+
+// selfCPU is the CPU time (user and system) this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -53,6 +53,9 @@ type Result struct {
 	Throughput float64 `json:"throughput_rps"`
 	// Latency is over successful requests, from sending to the last byte of the answer.
 	Latency Latency `json:"latency_ms"`
+	// CPUSeconds is the CPU time the in-process limit used in its timed part; 0 for
+	// the scenarios sent over the network.
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
 	// VsPing compares the scenario with ping's result of the same run.
 	VsPing *Ratio `json:"vs_ping,omitempty"`
 }

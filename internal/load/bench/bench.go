@@ -47,6 +47,9 @@ type Line struct {
 	Round  int
 	Name   string
 	Result load.Result
+	// CPUPerCert is the CPU time (ms) the signing process used per certificate signed:
+	// cfssl's or the kpki server's, or the benchmark's own for the limit.
+	CPUPerCert float64
 }
 
 // Bench starts cfssl serve and a kpki server, then runs Rounds rounds of every
@@ -93,30 +96,54 @@ func Bench(ctx context.Context, o Options, out, progress io.Writer) ([]Line, err
 	}
 
 	var lines []Line
-	add := func(round int, name string, res load.Result) {
-		lines = append(lines, Line{Round: round, Name: name, Result: res})
-		fmt.Fprintf(progress, "kpki-bench: round %d: %s: %.0f certs/s, p50 %.2f ms, %d errors\n", round, name, res.Throughput, res.Latency.P50, res.Requests-res.OK)
+	add := func(round int, name string, res load.Result, cpu float64) {
+		perCert := 0.0
+		if res.OK > 0 {
+			perCert = cpu * 1000 / float64(res.OK)
+		}
+		lines = append(lines, Line{Round: round, Name: name, Result: res, CPUPerCert: perCert})
+		fmt.Fprintf(progress, "kpki-bench: round %d: %s: %.0f certs/s, p50 %.2f ms, %.3f CPU ms per cert, %d errors\n",
+			round, name, res.Throughput, res.Latency.P50, perCert, res.Requests-res.OK)
+	}
+	// cpu measures the CPU time of pid over f.
+	cpu := func(pid int, f func() error) (float64, error) {
+		before, err := cpuSeconds(pid)
+		if err != nil {
+			return 0, err
+		}
+		if err := f(); err != nil {
+			return 0, err
+		}
+		after, err := cpuSeconds(pid)
+		return after - before, err
 	}
 	for round := 1; round <= o.Rounds; round++ {
 		lim, err := load.Limit(ctx, o.Requests, o.Workers, load.DefaultCert)
 		if err != nil {
 			return nil, err
 		}
-		add(round, fmt.Sprintf("limit: CSR check + sign, %d workers", o.Workers), lim)
+		add(round, fmt.Sprintf("limit: CSR check + sign, %d workers", o.Workers), lim, lim.CPUSeconds)
 		for _, keep := range []bool{true, false} {
-			rep, err := load.Run(ctx, load.Config{CFSSL: cf.url, Requests: o.Requests, Concurrency: o.Concurrency,
-				Duration: load.MaxDuration, Scenarios: []load.Scenario{load.CFSSL}, KeepAlive: keep}, io.Discard)
+			var rep *load.Report
+			used, err := cpu(cf.pid(), func() (err error) {
+				rep, err = load.Run(ctx, load.Config{CFSSL: cf.url, Requests: o.Requests, Concurrency: o.Concurrency,
+					Duration: load.MaxDuration, Scenarios: []load.Scenario{load.CFSSL}, KeepAlive: keep}, io.Discard)
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
-			add(round, "cfssl serve, "+conns(keep), rep.Results[0])
-			rep, err = load.Run(ctx, load.Config{Server: srv.url(), Token: tok, Nodes: load.DefaultNodes, Requests: o.Requests,
-				Concurrency: o.Concurrency, Duration: load.MaxDuration, Scenarios: []load.Scenario{load.Renew, load.Join}, KeepAlive: keep}, io.Discard)
-			if err != nil {
-				return nil, err
-			}
-			for _, res := range rep.Results {
-				add(round, fmt.Sprintf("kpki %s, %s", res.Scenario, conns(keep)), res)
+			add(round, "cfssl serve, "+conns(keep), rep.Results[0], used)
+			for _, sc := range []load.Scenario{load.Renew, load.Join} {
+				used, err := cpu(srv.pid(), func() (err error) {
+					rep, err = load.Run(ctx, load.Config{Server: srv.url(), Token: tok, Nodes: load.DefaultNodes, Requests: o.Requests,
+						Concurrency: o.Concurrency, Duration: load.MaxDuration, Scenarios: []load.Scenario{sc}, KeepAlive: keep}, io.Discard)
+					return err
+				})
+				if err != nil {
+					return nil, err
+				}
+				add(round, fmt.Sprintf("kpki %s, %s", sc, conns(keep)), rep.Results[0], used)
 			}
 		}
 	}
@@ -155,8 +182,8 @@ func median(v []float64) float64 {
 // taken within its round; then the ratios of every round.
 func writeTable(out io.Writer, lines []Line, o Options) {
 	type agg struct {
-		tput, vsCFSSL, vsLimit, p50, p99 []float64
-		errors                           int
+		tput, vsCFSSL, vsLimit, p50, p99, cpu []float64
+		errors                                int
 	}
 	var names []string
 	by := map[string]*agg{}
@@ -182,22 +209,24 @@ func writeTable(out io.Writer, lines []Line, o Options) {
 		a.vsLimit = append(a.vsLimit, r.Throughput/limit[l.Round])
 		a.p50 = append(a.p50, r.Latency.P50)
 		a.p99 = append(a.p99, r.Latency.P99)
+		a.cpu = append(a.cpu, l.CPUPerCert)
 		a.errors += r.Requests - r.OK
 	}
 	fmt.Fprintf(out, "%d requests per measurement, concurrency %d over the network, %d CPUs, %d rounds (medians), %s\n\n",
 		o.Requests, o.Concurrency, runtime.NumCPU(), o.Rounds, time.Now().UTC().Format(time.RFC3339))
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "measurement\tcerts/s\t÷ cfssl\t÷ limit\tp50 ms\tp99 ms\terrors\tper round ÷ cfssl\t")
+	fmt.Fprintln(tw, "measurement\tcerts/s\t÷ cfssl\t÷ limit\tp50 ms\tp99 ms\tCPU ms/cert\terrors\tper round ÷ cfssl\t")
 	for _, n := range names {
 		a := by[n]
 		var rounds []string
 		for _, v := range a.vsCFSSL {
 			rounds = append(rounds, strconv.FormatFloat(v, 'f', 2, 64))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%d\t%s\t\n", n, median(a.tput), median(a.vsCFSSL), median(a.vsLimit),
-			median(a.p50), median(a.p99), a.errors, strings.Join(rounds, " "))
+		fmt.Fprintf(tw, "%s\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.3f\t%d\t%s\t\n", n, median(a.tput), median(a.vsCFSSL), median(a.vsLimit),
+			median(a.p50), median(a.p99), median(a.cpu), a.errors, strings.Join(rounds, " "))
 	}
 	tw.Flush()
+	fmt.Fprintln(out, "\nCPU ms/cert: CPU time of the signing process per certificate: cfssl serve's, the kpki server's (renew includes registering its 100 nodes), the limit's own timed part.")
 }
 
 // cfsslServe is a running cfssl serve.

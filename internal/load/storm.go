@@ -176,6 +176,23 @@ func Storm(ctx context.Context, cfg StormConfig, progress io.Writer) (*StormRepo
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start = time.Now()
+	// Every 10 s, the joins of the last 10 s: how the rate holds up as the cluster fills.
+	tickDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		last := int64(0)
+		for {
+			select {
+			case <-tickDone:
+				return
+			case <-t.C:
+				n := joined.Load()
+				fmt.Fprintf(progress, "kpki-load: storm: %3.0f s: %d joined, %.1f joins/s over the last 10 s\n", time.Since(start).Seconds(), n, float64(n-last)/10)
+				last = n
+			}
+		}
+	}()
 	for range min(cfg.Concurrency, cfg.Agents) {
 		wg.Go(func() {
 			for {
@@ -220,6 +237,7 @@ func Storm(ctx context.Context, cfg StormConfig, progress io.Writer) (*StormRepo
 		})
 	}
 	wg.Wait()
+	close(tickDone)
 	elapsed := time.Since(start)
 	rep.ElapsedSeconds = elapsed.Seconds()
 	rep.JoinsPerSecond = float64(rep.Joined) / elapsed.Seconds()

@@ -1,5 +1,5 @@
 # Test entry points; .ci/run runs `make test`.
-.PHONY: build install test unit fuzz fuzz-short e2e lint crash
+.PHONY: build install test unit fuzz fuzz-short e2e lint crash bench storm
 
 build:
 	go build -o kpki ./cmd/kpki
@@ -71,3 +71,25 @@ crash:
 	@log=$$(mktemp /tmp/kpki-crash.XXXXXX); echo "full log: $$log"; \
 	KPKI_CRASH_N=$(CRASHES) go test -count=1 -timeout 90m -run '^TestCrash$$' -v ./test/e2e/ >$$log 2>&1; rc=$$?; \
 	grep -E 'crash injection|crashes injected|^ *--- |^(FAIL|ok)' $$log; exit $$rc
+
+# Signing against its peers in one invocation (docs/performance.md): the in-process limit
+# (CSR check + sign on every CPU), cfssl serve (Debian golang-cfssl) signing the same
+# P-256 CSRs, and a kpki server on a throw-away data dir, renew and join with and without
+# keep-alive, each as a ratio to cfssl and to the limit. BENCH_FLAGS is passed on, e.g.
+# BENCH_FLAGS='--requests 20000 --concurrency 16'.
+BENCH_FLAGS ?=
+bench:
+	@bin=$$(mktemp -d /tmp/kpki-bench-bin.XXXXXX); \
+	go build -o $$bin/kpki ./cmd/kpki && go build -o $$bin/kpki-bench ./cmd/kpki-bench && \
+	$$bin/kpki-bench bench --kpki $$bin/kpki $(BENCH_FLAGS); rc=$$?; rm -rf $$bin; exit $$rc
+
+# A join storm of whole agents (docs/performance.md): for each size of STORM_AGENTS, three
+# servers on 127.0.0.1/.2/.3 (embedded etcd cluster), the first killed when a third of the
+# agents have joined; zero failed joins is required. Joins/s, p50/p99, total time, and the
+# survivors' RSS and etcd db size per joined node.
+STORM_AGENTS ?= 500,1000,2000,5000
+STORM_FLAGS ?=
+storm:
+	@bin=$$(mktemp -d /tmp/kpki-storm-bin.XXXXXX); \
+	go build -o $$bin/kpki ./cmd/kpki && go build -o $$bin/kpki-bench ./cmd/kpki-bench && \
+	$$bin/kpki-bench storm --kpki $$bin/kpki --agents $(STORM_AGENTS) $(STORM_FLAGS); rc=$$?; rm -rf $$bin; exit $$rc

@@ -67,5 +67,7 @@ func newServerCmd() *cobra.Command {
 	f.DurationVar(&cfg.RenewBefore, "renew-before", 0, "renewal window as a duration, overriding --renew-before-days (tests)")
 	_ = f.MarkHidden("cert-validity")
 	_ = f.MarkHidden("renew-before")
+	f.StringVar(&cfg.PprofAddress, "pprof-address", "", "serve Go profiles (net/http/pprof) on this loopback address, e.g. 127.0.0.1:6060 (profiling only)")
+	_ = f.MarkHidden("pprof-address")
 	return cmd
 }

@@ -247,16 +247,16 @@ func TestAttemptsRecogniseOwnWrite(t *testing.T) {
 
 	t.Run("create or get", func(t *testing.T) {
 		key, v := p+"create-or-get", []byte("salt:hash-1")
-		if created, _, err := s.createOrGetAttempt(ctx, key, v, false); err != nil || !created {
+		if created, _, _, err := s.createOrGetAttempt(ctx, key, v, false); err != nil || !created {
 			t.Fatalf("first attempt = %v, %v", created, err)
 		}
-		if created, existing, err := s.createOrGetAttempt(ctx, key, v, true); err != nil || !created || existing != nil {
+		if created, existing, _, err := s.createOrGetAttempt(ctx, key, v, true); err != nil || !created || existing != nil {
 			t.Errorf("repeated attempt = %v, %q, %v; want created", created, existing, err)
 		}
-		if created, existing, err := s.createOrGetAttempt(ctx, key, v, false); err != nil || created || string(existing) != string(v) {
+		if created, existing, _, err := s.createOrGetAttempt(ctx, key, v, false); err != nil || created || string(existing) != string(v) {
 			t.Errorf("attempt without again = %v, %q, %v; want the existing value", created, existing, err)
 		}
-		if created, existing, err := s.createOrGetAttempt(ctx, key, []byte("salt:hash-2"), true); err != nil || created || string(existing) != string(v) {
+		if created, existing, _, err := s.createOrGetAttempt(ctx, key, []byte("salt:hash-2"), true); err != nil || created || string(existing) != string(v) {
 			t.Errorf("repeated attempt with another value = %v, %q, %v; want the existing value", created, existing, err)
 		}
 	})

@@ -240,38 +240,46 @@ func (s *Store) createAttempt(ctx context.Context, key string, value []byte, aga
 // CreateOrGet writes key if it does not exist, else returns its current value, in one
 // transaction.
 func (s *Store) CreateOrGet(ctx context.Context, key string, value []byte) (created bool, existing []byte, err error) {
+	created, existing, _, err = s.CreateOrGetRev(ctx, key, value)
+	return created, existing, err
+}
+
+// CreateOrGetRev is CreateOrGet that also returns the revision of the datastore the
+// transaction saw: the value returned (written or found) is current at rev.
+func (s *Store) CreateOrGetRev(ctx context.Context, key string, value []byte) (created bool, existing []byte, rev int64, err error) {
 	err = s.do(ctx, "create", key, true, func(ctx context.Context, again bool) (err error) {
-		created, existing, err = s.createOrGetAttempt(ctx, key, value, again)
+		created, existing, rev, err = s.createOrGetAttempt(ctx, key, value, again)
 		return err
 	})
 	if err != nil {
-		return false, nil, wrap("create", key, err)
+		return false, nil, 0, wrap("create", key, err)
 	}
-	return created, existing, nil
+	return created, existing, rev, nil
 }
 
 // createOrGetAttempt is one attempt of CreateOrGet. After an ambiguous attempt (again),
 // a key that holds value was created by that attempt.
-func (s *Store) createOrGetAttempt(ctx context.Context, key string, value []byte, again bool) (bool, []byte, error) {
+func (s *Store) createOrGetAttempt(ctx context.Context, key string, value []byte, again bool) (bool, []byte, int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value))).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return false, nil, err
+		return false, nil, 0, err
 	}
+	rev := resp.Header.Revision
 	if resp.Succeeded {
-		return true, nil, nil
+		return true, nil, rev, nil
 	}
 	kv := rangeKV(resp, 0)
 	if kv == nil {
-		return false, nil, ErrConflict
+		return false, nil, 0, ErrConflict
 	}
 	if again && holds(kv, value) {
-		return true, nil, nil
+		return true, nil, rev, nil
 	}
-	return false, kv.Value, nil
+	return false, kv.Value, rev, nil
 }
 
 // Update replaces key's value if its modification revision is still rev (ErrConflict

@@ -75,6 +75,9 @@ type Config struct {
 	// KeepAlive reuses connections; by default every request opens its own TLS
 	// connection, as a fleet of distinct hosts does.
 	KeepAlive bool
+	// CFSSL is the http://127.0.0.1:port URL of a `cfssl serve` the cfssl scenario signs
+	// with; its host must be a loopback IP address.
+	CFSSL string
 	// OnIssued, when set, is called with every certificate issued in a timed request,
 	// after its latency is recorded. It is called from several goroutines at once.
 	OnIssued func(Issued)
@@ -102,9 +105,9 @@ func ParseScenarios(list []string) ([]Scenario, error) {
 			}
 			sc := Scenario(s)
 			switch sc {
-			case Ping, Renew, Join:
+			case Ping, Renew, Join, CFSSL:
 			default:
-				return nil, fmt.Errorf("unknown scenario %q: use ping, renew or join", s)
+				return nil, fmt.Errorf("unknown scenario %q: use ping, renew, join or cfssl", s)
 			}
 			if seen[sc] {
 				return nil, fmt.Errorf("scenario %q is listed twice", s)
@@ -131,6 +134,16 @@ func agentLeaf(name string) (certs.Leaf, error) {
 	return certs.Leaf{}, fmt.Errorf("--cert %q is not an agent certificate: use one of %s", name, strings.Join(names, ", "))
 }
 
+// needsKPKI reports whether a scenario of c is sent to the kpki server.
+func (c *Config) needsKPKI() bool {
+	for _, s := range c.Scenarios {
+		if s != CFSSL {
+			return true
+		}
+	}
+	return false
+}
+
 // Validate checks the bounds of c and fills defaults for empty Cert and NamePrefix.
 func (c *Config) Validate() error {
 	if c.Requests < 1 || c.Requests > MaxRequests {
@@ -148,6 +161,14 @@ func (c *Config) Validate() error {
 	for _, s := range c.Scenarios {
 		if s == Renew && (c.Nodes < 1 || c.Nodes > MaxRequests) {
 			return fmt.Errorf("--nodes %d is out of bounds: between 1 and %d", c.Nodes, MaxRequests)
+		}
+		if s == CFSSL {
+			if c.CFSSL == "" {
+				return errors.New("the cfssl scenario needs --cfssl http://127.0.0.1:<port>, the address of a cfssl serve")
+			}
+			if _, err := checkCFSSL(c.CFSSL); err != nil {
+				return err
+			}
 		}
 	}
 	if c.Cert == "" {

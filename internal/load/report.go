@@ -13,7 +13,9 @@ import (
 
 // Report is the outcome of a run.
 type Report struct {
-	Server      string `json:"server"`
+	Server string `json:"server,omitempty"`
+	// CFSSL is the cfssl serve of the cfssl scenario.
+	CFSSL       string `json:"cfssl,omitempty"`
 	Cert        string `json:"cert"`
 	Requests    int    `json:"requests_per_scenario"`
 	Concurrency int    `json:"concurrency"`
@@ -51,6 +53,9 @@ type Result struct {
 	Throughput float64 `json:"throughput_rps"`
 	// Latency is over successful requests, from sending to the last byte of the answer.
 	Latency Latency `json:"latency_ms"`
+	// CPUSeconds is the CPU time the in-process limit used in its timed part; 0 for
+	// the scenarios sent over the network.
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
 	// VsPing compares the scenario with ping's result of the same run.
 	VsPing *Ratio `json:"vs_ping,omitempty"`
 }
@@ -143,7 +148,11 @@ func (r *Report) WriteText(w io.Writer) error {
 	if r.Protocol != "" {
 		proto = ", " + r.Protocol
 	}
-	fmt.Fprintf(&b, "%s, %s, %d requests per scenario, concurrency %d, %s%s", r.Server, r.Cert, r.Requests, r.Concurrency, conns, proto)
+	target := r.Server
+	if r.CFSSL != "" {
+		target = strings.TrimPrefix(target+" and cfssl "+r.CFSSL, " and ")
+	}
+	fmt.Fprintf(&b, "%s, %s, %d requests per scenario, concurrency %d, %s%s", target, r.Cert, r.Requests, r.Concurrency, conns, proto)
 	if r.Nodes > 0 {
 		fmt.Fprintf(&b, ", %d renew nodes", r.Nodes)
 	}

@@ -53,6 +53,11 @@ type runner struct {
 	protoOnce sync.Once
 	join      []node
 	renew     []node
+	cfsslCSRs []node
+	trust     *trust.Trust
+	// cfssl is the checked base URL of the cfssl serve, cfsslHTTP its client.
+	cfssl     string
+	cfsslHTTP *http.Client
 }
 
 // Run checks cfg, pins the cluster CA with the token, generates every key, registers the
@@ -66,43 +71,27 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	tgt, err := CheckServer(ctx, cfg.Server)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := token.Parse(cfg.Token)
-	if err != nil {
-		return nil, fmt.Errorf("--token: %w", err)
-	}
-	if !tok.Secure() {
-		return nil, errors.New("--token must be a secure agent token, K10<ca-hash>::node:<password>: kpki-load pins the cluster CA with its hash")
-	}
 	leaf, _ := agentLeaf(cfg.Cert)
-	r := &runner{cfg: cfg, tgt: tgt, user: tok.Username, pw: tok.Password, leaf: leaf}
-	if r.user == "" {
-		r.user = agent.DefaultUser
+	r := &runner{cfg: cfg, leaf: leaf}
+	for _, s := range cfg.Scenarios {
+		if s == CFSSL {
+			r.cfssl, _ = checkCFSSL(cfg.CFSSL)
+			r.cfsslHTTP = cfsslClient(cfg)
+			defer r.cfsslHTTP.CloseIdleConnections()
+		}
 	}
-
 	ctx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
-
-	// The CA is fetched from the checked loopback address; every later connection is
-	// verified against the anchor the token names, for the URL's host name.
-	tr, err := api.FetchPinnedCA(ctx, tgt.pinnedBase(), tok, api.FetchOptions{})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("stopped while fetching %s%s: %w", tgt.pinnedBase(), api.PathCACerts, err)
+	if cfg.needsKPKI() {
+		if err := r.connect(ctx); err != nil {
+			return nil, err
 		}
-		return nil, err
-	}
-	r.client = newClient(tgt, tr, cfg)
-	defer r.client.CloseIdleConnections()
-	if err := r.checkCredentials(ctx); err != nil {
-		return nil, err
+		defer r.client.CloseIdleConnections()
 	}
 
 	rep := &Report{
-		Server:      tgt.base,
+		Server:      r.tgt.base,
+		CFSSL:       r.cfssl,
 		Cert:        cfg.Cert,
 		Requests:    cfg.Requests,
 		Concurrency: cfg.Concurrency,
@@ -137,6 +126,42 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (*Report, error) {
 	rep.Protocol = r.proto
 	rep.compare()
 	return rep, nil
+}
+
+// connect checks the server address and the token, pins the cluster CA with the token and
+// checks the token's credentials.
+func (r *runner) connect(ctx context.Context) error {
+	tgt, err := CheckServer(ctx, r.cfg.Server)
+	if err != nil {
+		return err
+	}
+	tok, err := token.Parse(r.cfg.Token)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	if !tok.Secure() {
+		return errors.New("--token must be a secure agent token, K10<ca-hash>::node:<password>: kpki-load pins the cluster CA with its hash")
+	}
+	r.tgt, r.user, r.pw = tgt, tok.Username, tok.Password
+	if r.user == "" {
+		r.user = agent.DefaultUser
+	}
+	// The CA is fetched from the checked loopback address; every later connection is
+	// verified against the anchor the token names, for the URL's host name.
+	tr, err := api.FetchPinnedCA(ctx, tgt.pinnedBase(), tok, api.FetchOptions{})
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped while fetching %s%s: %w", tgt.pinnedBase(), api.PathCACerts, err)
+		}
+		return err
+	}
+	r.trust = tr
+	r.client = newClient(tgt, tr, r.cfg)
+	if err := r.checkCredentials(ctx); err != nil {
+		r.client.CloseIdleConnections()
+		return err
+	}
+	return nil
 }
 
 // stopReason names why ctx ended, or "" while it is live.
@@ -187,8 +212,8 @@ type answer struct {
 	proto  string
 }
 
-func (r *runner) do(req *http.Request) (answer, error) {
-	resp, err := r.client.Do(req)
+func (r *runner) do(c *http.Client, req *http.Request) (answer, error) {
+	resp, err := c.Do(req)
 	if err != nil {
 		return answer{}, err
 	}
@@ -200,15 +225,15 @@ func (r *runner) do(req *http.Request) (answer, error) {
 	return answer{status: resp.StatusCode, body: body, proto: resp.Proto}, nil
 }
 
-func (r *runner) ping(ctx context.Context) (answer, error) {
+func (r *runner) ping(ctx context.Context, c *http.Client) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.tgt.base+api.PathPing, nil)
 	if err != nil {
 		return answer{}, err
 	}
-	return r.do(req)
+	return r.do(c, req)
 }
 
-func (r *runner) sign(ctx context.Context, n node) (answer, error) {
+func (r *runner) sign(ctx context.Context, c *http.Client, n node) (answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, r.tgt.base+api.SignPath(r.leaf.Name), bytes.NewReader(n.csr))
 	if err != nil {
 		return answer{}, err
@@ -217,7 +242,7 @@ func (r *runner) sign(ctx context.Context, n node) (answer, error) {
 	req.Header.Set(api.HeaderContentType, api.ContentTypeCSR)
 	req.Header.Set(api.HeaderNodeName, n.name)
 	req.Header.Set(api.HeaderNodePassword, n.password)
-	return r.do(req)
+	return r.do(c, req)
 }
 
 // checkCredentials fetches the signing CA's bundle with the token's credentials, so that
@@ -232,7 +257,7 @@ func (r *runner) checkCredentials(ctx context.Context) error {
 		return err
 	}
 	req.SetBasicAuth(r.user, r.pw)
-	a, err := r.do(req)
+	a, err := r.do(r.client, req)
 	if err != nil {
 		return fmt.Errorf("GET %s%s: %w", r.tgt.base, path, err)
 	}
@@ -274,6 +299,8 @@ func (r *runner) prepare(ctx context.Context, progress io.Writer, rep *Report) e
 		case Renew:
 			want = append(want, Renew)
 			rep.Nodes = r.cfg.Nodes
+		case CFSSL:
+			want = append(want, CFSSL)
 		}
 	}
 	for _, s := range want {
@@ -288,10 +315,13 @@ func (r *runner) prepare(ctx context.Context, progress io.Writer, rep *Report) e
 		}
 		fmt.Fprintf(progress, "kpki-load: %s: %d keys and CSRs for nodes %s-%s-%s-* in %v\n",
 			s, count, r.cfg.NamePrefix, runID, s, time.Since(start).Round(time.Millisecond))
-		if s == Join {
+		switch s {
+		case Join:
 			r.join = nodes
-		} else {
+		case Renew:
 			r.renew = nodes
+		case CFSSL:
+			r.cfsslCSRs = nodes
 		}
 	}
 	if r.renew != nil {
@@ -365,7 +395,7 @@ func (r *runner) register(ctx context.Context, nodes []node) error {
 				if i >= len(nodes) || ctx.Err() != nil {
 					return
 				}
-				a, err := r.sign(ctx, nodes[i])
+				a, err := r.sign(ctx, r.client, nodes[i])
 				if err == nil && a.status != http.StatusOK {
 					err = errors.New(errorText(a))
 				}
@@ -383,6 +413,20 @@ func (r *runner) register(ctx context.Context, nodes []node) error {
 	return firstErr
 }
 
+// workerClient is the client of one worker of scenario s: with keep-alive a client of
+// its own, which keeps one connection; else the shared one, which keeps none.
+func (r *runner) workerClient(s Scenario) *http.Client {
+	switch {
+	case s == CFSSL && r.cfg.KeepAlive:
+		return cfsslClient(r.cfg)
+	case s == CFSSL:
+		return r.cfsslHTTP
+	case r.cfg.KeepAlive:
+		return newClient(r.tgt, r.trust, r.cfg)
+	}
+	return r.client
+}
+
 // tally is one worker's share of a timed run.
 type tally struct {
 	latencies   []time.Duration
@@ -390,6 +434,9 @@ type tally struct {
 	first       map[string]string
 	interrupted int
 	issued      int
+	// client is the worker's own: with keep-alive, each worker holds its connection,
+	// as each agent of a fleet does.
+	client *http.Client
 }
 
 func (t *tally) fail(kind, msg string) {
@@ -407,8 +454,9 @@ func (r *runner) timed(ctx context.Context, s Scenario) Result {
 	start := time.Now()
 	var wg sync.WaitGroup
 	for w := range tallies {
-		t := &tally{errors: map[string]int{}, first: map[string]string{}}
+		t := &tally{errors: map[string]int{}, first: map[string]string{}, client: r.workerClient(s)}
 		tallies[w] = t
+		defer t.client.CloseIdleConnections()
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
@@ -462,13 +510,16 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 	var err error
 	switch s {
 	case Ping:
-		a, err = r.ping(ctx)
+		a, err = r.ping(ctx, t.client)
 	case Renew:
 		n = r.renew[i%len(r.renew)]
-		a, err = r.sign(ctx, n)
+		a, err = r.sign(ctx, t.client, n)
 	case Join:
 		n = r.join[i]
-		a, err = r.sign(ctx, n)
+		a, err = r.sign(ctx, t.client, n)
+	case CFSSL:
+		n = r.cfsslCSRs[i]
+		a, err = r.cfsslSign(ctx, t.client, n)
 	}
 	d := time.Since(start)
 	switch {
@@ -490,7 +541,7 @@ func (r *runner) one(ctx context.Context, s Scenario, i int, t *tally) {
 	}
 	r.protoOnce.Do(func() { r.proto = a.proto })
 	t.latencies = append(t.latencies, d)
-	if s != Ping && r.cfg.OnIssued != nil {
+	if s != Ping && s != CFSSL && r.cfg.OnIssued != nil {
 		r.cfg.OnIssued(Issued{Scenario: s, Node: n.name, CSR: n.csr, Reply: a.body})
 	}
 }

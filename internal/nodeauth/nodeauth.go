@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -33,6 +32,8 @@ type Store interface {
 	GetPrefix(ctx context.Context, prefix string) ([]datastore.KV, int64, error)
 	Create(ctx context.Context, key string, value []byte) error
 	CreateOrGet(ctx context.Context, key string, value []byte) (bool, []byte, error)
+	CreateOrGetRev(ctx context.Context, key string, value []byte) (bool, []byte, int64, error)
+	Revision(ctx context.Context) (int64, error)
 	Update(ctx context.Context, key string, value []byte, rev int64) (int64, error)
 	Put(ctx context.Context, key string, value []byte) error
 	WatchPrefix(ctx context.Context, prefix string, fromRev int64) <-chan datastore.Event
@@ -48,6 +49,7 @@ type Registry struct {
 	Audit func(audit.Entry)
 
 	cache serverCache
+	nodes nodeCache
 }
 
 func (g *Registry) audit(e audit.Entry) {
@@ -288,30 +290,39 @@ func (g *Registry) Watching() bool {
 // CheckNodePassword binds a node name to the first node password it was used with and
 // reports whether pw is that password. The stored value is a salted SHA-256: node
 // passwords are 128-bit random. A node name a server registered (ServerNodeMarker)
-// gives ErrServerNodeName.
+// gives ErrServerNodeName. A node whose record this server has seen is answered from
+// memory while the watch of WatchNodes runs; a mismatch is always decided by the
+// datastore.
 func (g *Registry) CheckNodePassword(ctx context.Context, node, pw string) (bool, error) {
+	if hit, serverName := g.nodes.check(node, pw); serverName {
+		return false, ErrServerNodeName
+	} else if hit {
+		return true, nil
+	}
 	key := NodePasswordPrefix + node
 	var salt [16]byte
 	if _, err := rand.Read(salt[:]); err != nil {
 		return false, err
 	}
-	created, stored, err := g.Store.CreateOrGet(ctx, key, []byte(hex.EncodeToString(salt[:])+":"+nodeHash(salt[:], pw)))
+	record := hex.EncodeToString(salt[:]) + ":" + nodeHash(salt[:], pw)
+	created, stored, rev, err := g.Store.CreateOrGetRev(ctx, key, []byte(record))
 	if err != nil {
 		return false, err
 	}
 	if created {
+		g.nodes.put(node, record, rev)
 		g.Log.Info("registered node", "node", node)
 		return true, nil
 	}
+	g.nodes.put(node, string(stored), rev)
 	if string(stored) == ServerNodeMarker {
 		return false, ErrServerNodeName
 	}
-	saltHex, sum, ok := strings.Cut(string(stored), ":")
-	storedSalt, err := hex.DecodeString(saltHex)
-	if !ok || err != nil {
+	match, wellFormed := recordMatches(string(stored), pw)
+	if !wellFormed {
 		return false, fmt.Errorf("node password record %s is malformed", key)
 	}
-	return subtle.ConstantTimeCompare([]byte(nodeHash(storedSalt, pw)), []byte(sum)) == 1, nil
+	return match, nil
 }
 
 func nodeHash(salt []byte, pw string) string {

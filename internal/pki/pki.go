@@ -37,6 +37,8 @@ type Stats struct {
 type Issuer struct {
 	Clock clock.Clock
 	Stats *Stats // optional
+
+	expiry expiryCache
 }
 
 // NewIssuer returns an Issuer using c (the real clock when nil).
@@ -148,7 +150,7 @@ func (i *Issuer) signCA(parent *x509.Certificate, parentKey crypto.Signer, pub c
 func (i *Issuer) SignLeaf(ca *CA, pub crypto.PublicKey, p LeafProfile, validity time.Duration) (*x509.Certificate, error) {
 	now := i.Clock.Now()
 	notAfter := now.Add(validity)
-	capAt, limit := ca.ChainExpiry()
+	capAt, limit := i.expiry.chainExpiry(ca)
 	if !now.Before(capAt) {
 		return nil, fmt.Errorf("sign certificate %q: CA certificate %q expired on %s; rotate the CA (kpki certificate rotate-ca)",
 			p.CommonName, limit.Subject.String(), capAt.UTC().Format(time.RFC3339))

@@ -62,6 +62,9 @@ type Config struct {
 
 	// EtcdUnsafeNoFsync trades durability for speed; for tests only.
 	EtcdUnsafeNoFsync bool
+
+	// PprofAddress, when set, serves net/http/pprof there; it must be a loopback address.
+	PprofAddress string
 }
 
 // Defaults returns the default configuration.

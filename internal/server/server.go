@@ -53,6 +53,7 @@ type Server struct {
 	lock      *datadir.FileLock
 	supLn     net.Listener
 	metricsLn net.Listener
+	pprofLn   net.Listener
 
 	store    *datastore.Store
 	embedded *datastore.Embedded
@@ -228,9 +229,13 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if s.metricsLn != nil {
 		s.goBackground(func() error { return s.metrics.Serve(bctx, s.metricsLn, httplimit.Default()) }, "metrics")
 	}
+	if s.pprofLn != nil {
+		s.goBackground(func() error { return servePprof(bctx, s.pprofLn) }, "pprof")
+	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
 	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
+	s.goBackground(func() error { s.nodes.WatchNodes(bctx); return nil }, "node password watch")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {
@@ -279,6 +284,9 @@ func (s *Server) release() {
 	if s.metricsLn != nil {
 		s.metricsLn.Close()
 	}
+	if s.pprofLn != nil {
+		s.pprofLn.Close()
+	}
 	if s.embedded != nil {
 		s.embedded.Close()
 		s.embedded = nil
@@ -311,6 +319,14 @@ func (s *Server) preflight() error {
 			return fmt.Errorf("metrics address %s is not available: %w", s.cfg.MetricsAddress, err)
 		}
 		s.metricsLn = ml
+	}
+	if s.cfg.PprofAddress != "" {
+		pl, err := listenPprof(s.cfg.PprofAddress)
+		if err != nil {
+			s.release()
+			return err
+		}
+		s.pprofLn = pl
 	}
 	if s.embeddedEtcd() {
 		for _, p := range []struct {

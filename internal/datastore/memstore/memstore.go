@@ -203,6 +203,28 @@ func (s *Store) CreateOrGet(ctx context.Context, key string, value []byte) (bool
 	return true, nil, nil
 }
 
+// CreateOrGetRev is CreateOrGet that also returns the store's revision at the answer.
+func (s *Store) CreateOrGetRev(ctx context.Context, key string, value []byte) (bool, []byte, int64, error) {
+	if err := s.enter(ctx, "create", key); err != nil {
+		return false, nil, 0, err
+	}
+	defer s.mu.Unlock()
+	if e, ok := s.kv[key]; ok {
+		return false, append([]byte(nil), e.value...), s.rev, nil
+	}
+	s.put(key, value)
+	return true, nil, s.rev, nil
+}
+
+// Revision returns the store's current revision.
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	if err := s.enter(ctx, "get", ""); err != nil {
+		return 0, err
+	}
+	defer s.mu.Unlock()
+	return s.rev, nil
+}
+
 // Update replaces key's value if its modification revision is still rev
 // (datastore.ErrConflict otherwise) and returns the new revision.
 func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {

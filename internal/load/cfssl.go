@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strconv"
 	"time"
+
+	"github.com/kpki/kpki/internal/api"
 )
 
 // CFSSL is POST /api/v1/cfssl/sign of a `cfssl serve` on this machine: the same P-256
@@ -67,7 +69,7 @@ func (r *runner) cfsslSign(ctx context.Context, c *http.Client, n node) (answer,
 	if err != nil {
 		return answer{}, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(api.HeaderContentType, api.ContentTypeJSON)
 	resp, err := c.Do(req)
 	if err != nil {
 		return answer{}, err

@@ -34,7 +34,7 @@ Scenarios (run in the order given):
   join   every request is a node never seen before: registration, then signing
   cfssl  the same kind of CSR signed by a cfssl serve at --cfssl (plain HTTP), the peer
   storm  --agents whole agent joins, --concurrency at a time, as kpki agent --once joins:
-         /cacerts pinned with the token, the CA bundles, the four agent certificates
+         ` + api.PathCACerts + ` pinned with the token, the CA bundles, the four agent certificates
          (each agent with its own keys and node password). --server may list several
          servers (comma-separated); agent i starts with server i mod n and fails over to
          the next one. It runs alone.

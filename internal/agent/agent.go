@@ -137,9 +137,6 @@ type Agent struct {
 	metrics *metrics.Agent
 }
 
-// Metrics returns the agent's metrics, which Run serves on the metrics address.
-func (a *Agent) Metrics() *metrics.Agent { return a.metrics }
-
 // ParseServerURL checks that s is https://host[:port] (a trailing slash allowed) and
 // returns it reduced to scheme and host.
 func ParseServerURL(s string) (*url.URL, error) {

@@ -32,23 +32,33 @@ type Entry struct {
 	Detail         string    `json:"detail,omitempty"`
 }
 
-// Log appends entries to a file. Concurrent writers share fsyncs (group commit): each
-// Write returns once its own line is durable, and one fsync makes durable every line
-// appended before it, so a burst of issuances does not queue on one fsync each.
+// Log appends entries to a file. Concurrent writers share writes and fsyncs (group
+// commit): each Write returns once its own line is durable; the lines appended while a
+// write and fsync are under way wait in memory and go to the file together, in one write
+// and one fsync, so a burst of issuances does not queue on one fsync each.
 type Log struct {
 	mu       sync.Mutex
 	cond     *sync.Cond
 	path     string
 	f        *os.File
-	appended int64 // lines written to the file
-	synced   int64 // lines known durable
-	syncing  bool
-	syncs    int64 // fsyncs done, for tests
+	pending  []byte // lines of cur, not yet written to the file
+	spare    []byte // the buffer of the last batch written, reused
+	cur      *batch // the lines in pending
+	syncing  bool   // a batch is being written and synced
+	appended int64  // lines accepted, for tests
+	syncs    int64  // fsyncs done, for tests
+	writes   int64  // writes to the file, for tests
+}
+
+// batch is lines written to the file and fsynced together.
+type batch struct {
+	done bool
+	err  error
 }
 
 // Open returns a log appending to path (created 0600 on first write).
 func Open(path string) *Log {
-	l := &Log{path: path}
+	l := &Log{path: path, cur: &batch{}}
 	l.cond = sync.NewCond(&l.mu)
 	return l
 }
@@ -61,10 +71,16 @@ func (l *Log) Write(e Entry) error {
 	if l == nil {
 		return nil
 	}
-	b, err := json.Marshal(e)
-	if err != nil {
-		return err
+	bp := lineBuf.Get().(*[]byte)
+	defer lineBuf.Put(bp)
+	line, ok := appendEntry((*bp)[:0], e)
+	if !ok {
+		var err error
+		if line, err = json.Marshal(e); err != nil {
+			return err
+		}
 	}
+	*bp = line[:0]
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
@@ -77,38 +93,64 @@ func (l *Log) Write(e Entry) error {
 		}
 		l.f = f
 	}
-	if _, err := l.f.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("audit log: %w", err)
-	}
+	l.pending = append(append(l.pending, line...), '\n')
 	l.appended++
-	mine := l.appended
-	for l.synced < mine {
+	mine := l.cur
+	for !mine.done {
 		if l.syncing {
 			l.cond.Wait()
 			continue
 		}
-		if l.f == nil {
-			return errors.New("audit log: closed before the entry was synced")
-		}
-		l.syncing = true
-		target, f := l.appended, l.f
-		l.mu.Unlock()
-		err := f.Sync()
-		l.mu.Lock()
-		l.syncs++
-		l.syncing = false
-		l.cond.Broadcast()
-		if err != nil {
-			return fmt.Errorf("audit log: %w", err)
-		}
-		if target > l.synced {
-			l.synced = target
-		}
+		// No batch is under way, so mine is the one in pending: write it.
+		l.flushLocked(true)
+	}
+	if mine.err != nil {
+		return fmt.Errorf("audit log: %w", mine.err)
 	}
 	return nil
 }
 
-// Close closes the file; a later Write opens it again.
+// flushLocked writes pending to the file and fsyncs it, as one batch, and tells its
+// writers. It is called with l.mu held and no batch under way; unlock says whether it
+// releases l.mu meanwhile.
+func (l *Log) flushLocked(unlock bool) {
+	b, buf, f := l.cur, l.pending, l.f
+	l.cur, l.pending = &batch{}, l.spare[:0]
+	l.syncing = true
+	if unlock {
+		l.mu.Unlock()
+	}
+	var err error
+	wrote, synced := false, false
+	if f == nil {
+		err = errors.New("closed before the entry was synced")
+	} else {
+		if len(buf) > 0 {
+			_, err = f.Write(buf)
+			wrote = true
+		}
+		if err == nil {
+			err = f.Sync()
+			synced = true
+		}
+	}
+	if unlock {
+		l.mu.Lock()
+	}
+	if wrote {
+		l.writes++
+	}
+	if synced {
+		l.syncs++
+	}
+	l.spare = buf[:0]
+	l.syncing = false
+	b.done, b.err = true, err
+	l.cond.Broadcast()
+}
+
+// Close writes and syncs what is pending and closes the file; a later Write opens it
+// again.
 func (l *Log) Close() error {
 	if l == nil {
 		return nil
@@ -121,15 +163,13 @@ func (l *Log) Close() error {
 	if l.f == nil {
 		return nil
 	}
-	err := l.f.Sync()
-	if err == nil {
-		l.synced = l.appended
-	}
+	b := l.cur
+	l.flushLocked(false)
+	err := b.err
 	if cerr := l.f.Close(); err == nil {
 		err = cerr
 	}
 	l.f = nil
-	l.cond.Broadcast()
 	return err
 }
 

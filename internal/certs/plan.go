@@ -179,12 +179,13 @@ func drift(leaf *x509.Certificate, want pki.LeafProfile, ca *pki.CA, now time.Ti
 
 // BuildCertFile returns the bytes of a leaf .crt file: the leaf, then its CA's bundle.
 func BuildCertFile(leaf *x509.Certificate, ca *pki.CA) []byte {
-	out := pki.EncodeCert(leaf)
 	bundle := ca.BundlePEM
+	out := pki.AppendCertPEM(make([]byte, 0, pki.CertPEMLen(leaf)+len(bundle)+1), leaf)
+	out = append(out, bundle...)
 	if len(bundle) > 0 && bundle[len(bundle)-1] != '\n' {
-		bundle = append(append([]byte(nil), bundle...), '\n')
+		out = append(out, '\n')
 	}
-	return append(out, bundle...)
+	return out
 }
 
 // MissingSANs lists the names want requires that cert lacks.

@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -26,6 +27,24 @@ var ErrNoPEM = errors.New("no PEM data found")
 // EncodeCert returns cert as a PEM block.
 func EncodeCert(cert *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: BlockCertificate, Bytes: cert.Raw})
+}
+
+// AppendCertPEM appends cert as a PEM block, the bytes EncodeCert returns, to dst.
+func AppendCertPEM(dst []byte, cert *x509.Certificate) []byte {
+	dst = append(dst, "-----BEGIN "+BlockCertificate+"-----\n"...)
+	// 48 bytes are one line of 64 base64 characters, as encoding/pem breaks them.
+	for raw := cert.Raw; len(raw) > 0; {
+		n := min(len(raw), 48)
+		dst = append(base64.StdEncoding.AppendEncode(dst, raw[:n]), '\n')
+		raw = raw[n:]
+	}
+	return append(dst, "-----END "+BlockCertificate+"-----\n"...)
+}
+
+// CertPEMLen is the length of cert as a PEM block.
+func CertPEMLen(cert *x509.Certificate) int {
+	n := base64.StdEncoding.EncodedLen(len(cert.Raw))
+	return len("-----BEGIN "+BlockCertificate+"-----\n") + n + (n+63)/64 + len("-----END "+BlockCertificate+"-----\n")
 }
 
 // EncodeCerts returns certs as consecutive PEM blocks.

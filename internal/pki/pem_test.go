@@ -547,3 +547,23 @@ func TestFirstKeyPEM(t *testing.T) {
 		})
 	}
 }
+
+// TestAppendCertPEMMatchesEncodeCert checks AppendCertPEM and CertPEMLen against
+// encoding/pem for DER lengths around every line boundary.
+func TestAppendCertPEMMatchesEncodeCert(t *testing.T) {
+	for n := 1; n < 400; n++ {
+		raw := make([]byte, n)
+		for i := range raw {
+			raw[i] = byte(i*7 + n)
+		}
+		c := &x509.Certificate{Raw: raw}
+		want := EncodeCert(c)
+		got := AppendCertPEM([]byte("x"), c)
+		if !bytes.Equal(got, append([]byte("x"), want...)) {
+			t.Fatalf("%d bytes of DER:\n got %q\nwant %q", n, got[1:], want)
+		}
+		if CertPEMLen(c) != len(want) {
+			t.Fatalf("%d bytes of DER: CertPEMLen %d, want %d", n, CertPEMLen(c), len(want))
+		}
+	}
+}

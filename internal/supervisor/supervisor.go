@@ -91,6 +91,13 @@ func (s *Supervisor) TLSConfig() *tls.Config {
 func (s *Supervisor) httpServer() *http.Server {
 	srv := s.cfg.Limits.Server(s.logRequests(s.mux))
 	srv.TLSConfig = s.TLSConfig()
+	// HTTP/1.1 only: every client of the supervisor (agents, joining servers, kpki's
+	// commands) sends a few short requests, each answered in full, over a connection of
+	// its own; HTTP/2's multiplexing buys them nothing, and Go's HTTP/2 server spends
+	// more CPU on each small request (framing, HPACK, a goroutine per stream and a
+	// writer goroutine per frame) than HTTP/1.1 does on a kept-alive connection.
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
 	srv.ErrorLog = log.New(serverErrorLog{s.cfg.Log}, "", 0)
 	return srv
 }

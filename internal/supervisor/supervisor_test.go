@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -546,5 +547,41 @@ func TestServe(t *testing.T) {
 				t.Fatal("Serve did not return")
 			}
 		})
+	}
+}
+
+// TestServesHTTP1 checks that the supervisor answers a client that offers HTTP/2 (as Go's
+// default transport, and so every kpki client, does) over HTTP/1.1, and keeps the
+// connection for the next request.
+func TestServesHTTP1(t *testing.T) {
+	ts := startServer(t, Config{CACerts: func() []byte { return nil }, Ready: func(context.Context) error { return nil }}, nil)
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: ts.ca.pool, MinVersion: tls.VersionTLS12}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	var first string
+	for i := range 2 {
+		var conn string
+		req, err := http.NewRequest(http.MethodGet, ts.url+"/ping", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { conn = info.Conn.LocalAddr().String() },
+		}))
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.ProtoMajor != 1 || resp.TLS == nil || resp.TLS.NegotiatedProtocol != "http/1.1" || string(body) != "pong" {
+			t.Fatalf("request %d: %s, ALPN %q, body %q; want HTTP/1.1 negotiated as http/1.1 and pong", i, resp.Proto, resp.TLS.NegotiatedProtocol, body)
+		}
+		if i == 0 {
+			first = conn
+		} else if conn != first {
+			t.Errorf("the second request used connection %s, not the kept-alive %s", conn, first)
+		}
 	}
 }

@@ -49,9 +49,16 @@ func localServerURL(cmd *cobra.Command, server string) (string, error) {
 	if port < 1 || port > 65535 {
 		return "", fmt.Errorf("supervisor-port %d must be between 1 and 65535", port)
 	}
-	host := "127.0.0.1"
 	bind, _ := f.GetString("bind-address")
 	adv, _ := f.GetString("advertise-address")
+	return localSupervisorURL(bind, adv, port), nil
+}
+
+// localSupervisorURL is the URL a command on a server's host reaches that server's
+// supervisor at: its bind address (loopback when it binds every address), else its
+// advertise address, else 127.0.0.1.
+func localSupervisorURL(bind, adv string, port int) string {
+	host := "127.0.0.1"
 	switch {
 	case bind != "":
 		host = bind
@@ -64,7 +71,7 @@ func localServerURL(cmd *cobra.Command, server string) (string, error) {
 	case adv != "":
 		host = adv
 	}
-	return "https://" + net.JoinHostPort(host, strconv.Itoa(port)), nil
+	return "https://" + net.JoinHostPort(host, strconv.Itoa(port))
 }
 
 // serverClient authenticates as `server` with the token of <dataDir>/server/token and

@@ -3,9 +3,7 @@ package cli
 import (
 	"context"
 	"log/slog"
-	"net"
 	"regexp"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -86,21 +84,7 @@ func supervisorURL(cmd *cobra.Command) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	host := "127.0.0.1"
-	bind, adv := flagString(cmd, "bind-address"), flagString(cmd, "advertise-address")
-	switch {
-	case bind != "":
-		host = bind
-		if ip := net.ParseIP(bind); ip != nil && ip.IsUnspecified() {
-			host = "127.0.0.1"
-			if ip.To4() == nil {
-				host = "::1"
-			}
-		}
-	case adv != "":
-		host = adv
-	}
-	return "https://" + net.JoinHostPort(host, strconv.Itoa(port)), nil
+	return localSupervisorURL(flagString(cmd, "bind-address"), flagString(cmd, "advertise-address"), port), nil
 }
 
 // quotedCommand is a kpki command quoted in a message, between backticks or in

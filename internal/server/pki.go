@@ -16,6 +16,7 @@ import (
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/metrics"
 	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/server/record"
@@ -414,7 +415,7 @@ func (s *Server) updateExpiryMetrics() {
 			return
 		}
 		c := list[0]
-		s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), usageString(c)).Set(float64(c.NotAfter.Unix()))
+		s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), metrics.Usages(c)).Set(float64(c.NotAfter.Unix()))
 	}
 	for _, c := range certs.CAs {
 		crt, _ := s.caPaths(c)
@@ -424,22 +425,6 @@ func (s *Server) updateExpiryMetrics() {
 		crt, _ := s.leafPaths(l.Node, l.Name)
 		record(crt)
 	}
-}
-
-func usageString(c *x509.Certificate) string {
-	var u []string
-	if c.IsCA {
-		u = append(u, "ca")
-	}
-	for _, e := range c.ExtKeyUsage {
-		switch e {
-		case x509.ExtKeyUsageServerAuth:
-			u = append(u, "server")
-		case x509.ExtKeyUsageClientAuth:
-			u = append(u, "client")
-		}
-	}
-	return strings.Join(u, ",")
 }
 
 func (s *Server) serverCABundle() []byte {

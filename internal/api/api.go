@@ -31,6 +31,10 @@ const (
 	PathTokenRotate     = "/v1-kpki/token"
 )
 
+// QueryRollback, set to "true" on a PUT of PathRotateCA, asks for a rollback: the
+// server restores the CA files the last rotate-ca replaced; the request holds no files.
+const QueryRollback = "rollback"
+
 // PathPrefix is the prefix of every authenticated endpoint.
 const PathPrefix = "/v1-kpki/"
 

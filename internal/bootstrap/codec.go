@@ -22,6 +22,11 @@ import (
 // KeyPrefix starts the datastore key of every bootstrap record.
 const KeyPrefix = "/bootstrap/"
 
+// PreviousKeyPrefix starts the datastore key of the CA files a rotate-ca (or a rollback)
+// replaced, kept for rotate-ca --rollback. It lies outside KeyPrefix: the kept record is
+// not a cluster's bootstrap data, and watches of KeyPrefix do not see it change.
+const PreviousKeyPrefix = "/kpki/bootstrap-previous/"
+
 const (
 	saltBytes   = 8
 	kdfRounds   = 4096
@@ -42,8 +47,19 @@ var ErrMalformed = errors.New("malformed bootstrap value")
 // passphrase: KeyPrefix followed by the first 12 hex characters of
 // SHA-256(passphrase).
 func KeyName(passphrase string) string {
+	return KeyPrefix + keyHash(passphrase)
+}
+
+// PreviousKeyName returns the datastore key of the kept record of passphrase's
+// bootstrap record: PreviousKeyPrefix followed by the same 12 hex characters as KeyName.
+func PreviousKeyName(passphrase string) string {
+	return PreviousKeyPrefix + keyHash(passphrase)
+}
+
+// keyHash is the first 12 hex characters of SHA-256(passphrase).
+func keyHash(passphrase string) string {
 	sum := sha256.Sum256([]byte(passphrase))
-	return KeyPrefix + hex.EncodeToString(sum[:])[:12]
+	return hex.EncodeToString(sum[:])[:12]
 }
 
 // Encrypt seals plaintext with a key derived from passphrase and returns the

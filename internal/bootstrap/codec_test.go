@@ -54,6 +54,13 @@ func TestKeyName(t *testing.T) {
 		if got := KeyName(tc.passphrase); got != tc.want {
 			t.Errorf("KeyName(%q) = %q, want %q", tc.passphrase, got, tc.want)
 		}
+		prev := PreviousKeyName(tc.passphrase)
+		if want := PreviousKeyPrefix + strings.TrimPrefix(tc.want, KeyPrefix); prev != want {
+			t.Errorf("PreviousKeyName(%q) = %q, want %q", tc.passphrase, prev, want)
+		}
+		if strings.HasPrefix(prev, KeyPrefix) {
+			t.Errorf("PreviousKeyName(%q) = %q lies under %s: watches of the bootstrap data would see it", tc.passphrase, prev, KeyPrefix)
+		}
 	}
 }
 

@@ -267,17 +267,17 @@ func TestAttemptsRecogniseOwnWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, r0 := mustGet(t, s, key)
-		r1, err := s.updateAttempt(ctx, key, []byte("v1"), r0, false)
+		r1, err := s.updateAttempt(ctx, key, []byte("v1"), r0, Side{}, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r, err := s.updateAttempt(ctx, key, []byte("v1"), r0, true); err != nil || r != r1 {
+		if r, err := s.updateAttempt(ctx, key, []byte("v1"), r0, Side{}, true); err != nil || r != r1 {
 			t.Errorf("repeated update = %d, %v; want the first attempt's revision %d", r, err, r1)
 		}
-		if _, err := s.updateAttempt(ctx, key, []byte("v1"), r0, false); !errors.Is(err, ErrConflict) {
+		if _, err := s.updateAttempt(ctx, key, []byte("v1"), r0, Side{}, false); !errors.Is(err, ErrConflict) {
 			t.Errorf("update from a stale revision = %v, want ErrConflict", err)
 		}
-		if _, err := s.updateAttempt(ctx, key, []byte("v2"), r0, true); !errors.Is(err, ErrConflict) {
+		if _, err := s.updateAttempt(ctx, key, []byte("v2"), r0, Side{}, true); !errors.Is(err, ErrConflict) {
 			t.Errorf("repeated update with another value = %v, want ErrConflict", err)
 		}
 		if got, rev := mustGet(t, s, key); got != "v1" || rev != r1 {
@@ -291,24 +291,24 @@ func TestAttemptsRecogniseOwnWrite(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, r0 := mustGet(t, s, oldKey)
-		r1, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), false)
+		r1, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), Side{}, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if r, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), true); err != nil || r != r1 {
+		if r, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), Side{}, true); err != nil || r != r1 {
 			t.Errorf("repeated replace = %d, %v; want the first attempt's revision %d", r, err, r1)
 		}
-		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), false); !errors.Is(err, ErrConflict) {
+		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), Side{}, false); !errors.Is(err, ErrConflict) {
 			t.Errorf("replace without again = %v, want ErrConflict", err)
 		}
-		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("other"), true); !errors.Is(err, ErrConflict) {
+		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("other"), Side{}, true); !errors.Is(err, ErrConflict) {
 			t.Errorf("repeated replace with another value = %v, want ErrConflict", err)
 		}
 		// The old key written again: the replace did not (or no longer) hold.
 		if err := s.Put(ctx, oldKey, []byte("old")); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), true); !errors.Is(err, ErrConflict) {
+		if _, err := s.replaceAttempt(ctx, oldKey, r0, newKey, []byte("new"), Side{}, true); !errors.Is(err, ErrConflict) {
 			t.Errorf("repeated replace with the old key present = %v, want ErrConflict", err)
 		}
 	})

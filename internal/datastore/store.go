@@ -1,7 +1,8 @@
 // Package datastore is kpki's access to etcd: the embedded single-member etcd a server
 // runs by default and external etcd clusters, both through the etcd v3 client, with the
 // few operations kpki needs (get, create-only put, compare-and-swap update, atomic
-// replace, prefix listing, watch). It holds no PKI logic.
+// replace, each of these two with side writes in the same transaction, prefix listing,
+// watch). It holds no PKI logic.
 package datastore
 
 import (
@@ -282,12 +283,38 @@ func (s *Store) createOrGetAttempt(ctx context.Context, key string, value []byte
 	return false, kv.Value, rev, nil
 }
 
+// Side is what an UpdateWith or a ReplaceWith writes besides its key, in the same
+// transaction and only when its compare holds: the keys of Delete are deleted (a key
+// that does not exist is no error), then every Put is written. No key may appear
+// twice in one transaction.
+type Side struct {
+	Delete []string
+	Put    []KV
+}
+
+// ops are the operations of side.
+func (side Side) ops() []clientv3.Op {
+	var out []clientv3.Op
+	for _, k := range side.Delete {
+		out = append(out, clientv3.OpDelete(k))
+	}
+	for _, kv := range side.Put {
+		out = append(out, clientv3.OpPut(kv.Key, string(kv.Value)))
+	}
+	return out
+}
+
 // Update replaces key's value if its modification revision is still rev (ErrConflict
 // otherwise) and returns the new revision.
 func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {
+	return s.UpdateWith(ctx, key, value, rev, Side{})
+}
+
+// UpdateWith is Update that also writes side in the same transaction.
+func (s *Store) UpdateWith(ctx context.Context, key string, value []byte, rev int64, side Side) (int64, error) {
 	var newRev int64
 	err := s.do(ctx, "update", key, true, func(ctx context.Context, again bool) (err error) {
-		newRev, err = s.updateAttempt(ctx, key, value, rev, again)
+		newRev, err = s.updateAttempt(ctx, key, value, rev, side, again)
 		return err
 	})
 	if err != nil {
@@ -296,13 +323,14 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64)
 	return newRev, nil
 }
 
-// updateAttempt is one attempt of Update. After an ambiguous attempt (again), a key that
-// moved on from rev and holds value was written by that attempt. Values kpki updates
-// are encrypted with a fresh salt, so no other writer stores the same bytes.
-func (s *Store) updateAttempt(ctx context.Context, key string, value []byte, rev int64, again bool) (int64, error) {
+// updateAttempt is one attempt of UpdateWith. After an ambiguous attempt (again), a key
+// that moved on from rev and holds value was written by that attempt (and side with it).
+// Values kpki updates are encrypted with a fresh salt, so no other writer stores the
+// same bytes.
+func (s *Store) updateAttempt(ctx context.Context, key string, value []byte, rev int64, side Side, again bool) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, string(value))).
+		Then(append([]clientv3.Op{clientv3.OpPut(key, string(value))}, side.ops()...)...).
 		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
@@ -320,9 +348,14 @@ func (s *Store) updateAttempt(ctx context.Context, key string, value []byte, rev
 // Replace atomically deletes oldKey (which must still be at rev) and creates newKey,
 // returning the new revision.
 func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) (int64, error) {
+	return s.ReplaceWith(ctx, oldKey, rev, newKey, value, Side{})
+}
+
+// ReplaceWith is Replace that also writes side in the same transaction.
+func (s *Store) ReplaceWith(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, side Side) (int64, error) {
 	var newRev int64
 	err := s.do(ctx, "replace", oldKey, true, func(ctx context.Context, again bool) (err error) {
-		newRev, err = s.replaceAttempt(ctx, oldKey, rev, newKey, value, again)
+		newRev, err = s.replaceAttempt(ctx, oldKey, rev, newKey, value, side, again)
 		return err
 	})
 	if err != nil {
@@ -331,12 +364,12 @@ func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey st
 	return newRev, nil
 }
 
-// replaceAttempt is one attempt of Replace. After an ambiguous attempt (again), oldKey
-// gone and newKey holding value mean that attempt was applied.
-func (s *Store) replaceAttempt(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, again bool) (int64, error) {
+// replaceAttempt is one attempt of ReplaceWith. After an ambiguous attempt (again),
+// oldKey gone and newKey holding value mean that attempt was applied.
+func (s *Store) replaceAttempt(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, side Side, again bool) (int64, error) {
 	resp, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", rev), clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
-		Then(clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))).
+		Then(append([]clientv3.Op{clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))}, side.ops()...)...).
 		Else(clientv3.OpGet(newKey), clientv3.OpGet(oldKey)).
 		Commit()
 	if err != nil {

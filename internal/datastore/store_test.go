@@ -351,6 +351,54 @@ func TestReplace(t *testing.T) {
 	})
 }
 
+// TestSideWrites: UpdateWith and ReplaceWith write their side in the same transaction
+// (at the revision they return) when their compare holds, and nothing at all when it
+// does not.
+func TestSideWrites(t *testing.T) {
+	s, p := sharedStore(t)
+	ctx := testCtx(t)
+	key, kept := p+"record", p+"kept/1"
+	if err := s.Put(ctx, key, []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	_, rev := mustGet(t, s, key)
+	newRev, err := s.UpdateWith(ctx, key, []byte("v2"), rev, Side{Put: []KV{{Key: kept, Value: []byte("v1")}}})
+	if err != nil {
+		t.Fatalf("UpdateWith: %v", err)
+	}
+	if v, r := mustGet(t, s, key); v != "v2" || r != newRev {
+		t.Errorf("key %q at %d, want v2 at %d", v, r, newRev)
+	}
+	if v, r := mustGet(t, s, kept); v != "v1" || r != newRev {
+		t.Errorf("side key %q at %d, want v1 at %d (the same transaction)", v, r, newRev)
+	}
+	if _, err := s.UpdateWith(ctx, key, []byte("v3"), rev, Side{Put: []KV{{Key: kept, Value: []byte("v2")}}}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("UpdateWith at a stale revision: %v, want ErrConflict", err)
+	}
+	if v, r := mustGet(t, s, kept); v != "v1" || r != newRev {
+		t.Errorf("a refused UpdateWith wrote its side: %q at %d", v, r)
+	}
+
+	moved, movedKept := p+"moved", p+"kept/2"
+	if _, err := s.ReplaceWith(ctx, key, rev, moved, []byte("m"), Side{Delete: []string{kept}, Put: []KV{{Key: movedKept, Value: []byte("k")}}}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("ReplaceWith at a stale revision: %v, want ErrConflict", err)
+	}
+	checkAbsent(t, s, movedKept)
+	mustGet(t, s, kept)
+	replRev, err := s.ReplaceWith(ctx, key, newRev, moved, []byte("m"), Side{Delete: []string{kept, p + "never"}, Put: []KV{{Key: movedKept, Value: []byte("k")}}})
+	if err != nil {
+		t.Fatalf("ReplaceWith: %v", err)
+	}
+	checkAbsent(t, s, key)
+	checkAbsent(t, s, kept)
+	if v, r := mustGet(t, s, moved); v != "m" || r != replRev {
+		t.Errorf("new key %q at %d, want m at %d", v, r, replRev)
+	}
+	if v, r := mustGet(t, s, movedKept); v != "k" || r != replRev {
+		t.Errorf("side key %q at %d, want k at %d", v, r, replRev)
+	}
+}
+
 func TestKeys(t *testing.T) {
 	s, p := sharedStore(t)
 	ctx := testCtx(t)

@@ -117,7 +117,49 @@ func (r *Result) OK() bool { return len(r.Errors) == 0 }
 // it replaces (so it must hold its chain), and a new service.key must keep the current
 // signing key.
 func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time, force bool) *Result {
-	v := &validation{current: current, staged: staged, now: now, force: force, r: &Result{}}
+	return validate(&validation{current: current, staged: staged, now: now, force: force, r: &Result{}})
+}
+
+// ValidateRollback checks going back from current to kept, the record a rotate-ca (or
+// an earlier rollback) replaced, at time now: the files of kept (Staged) are checked
+// as a rotation to them is, but for continuity. Going back must be a continuity the
+// current cluster accepts: each changed CA must chain to the current CA file, which
+// holds the kept root when the current CA was cross-signed by it, or shares its root;
+// a kept CA file may hold a single certificate (the self-signed root it was). The kept
+// service.key must hold the current signing key (existing tokens stay valid), or the
+// current service.key the kept signing key (tokens signed after the rollback are
+// accepted everywhere). With force, continuity is not checked.
+func ValidateRollback(current, kept *bootstrap.Record, now time.Time, force bool) *Result {
+	return validate(&validation{current: current, staged: Staged(kept), now: now, force: force, rollback: true, r: &Result{}})
+}
+
+// Staged returns the files of rec that rotate-ca takes, keyed by field, as a staging
+// dir would give them.
+func Staged(rec *bootstrap.Record) map[string][]byte {
+	out := map[string][]byte{}
+	for _, f := range Fields() {
+		if v, ok := rec.Get(f); ok {
+			out[f] = v.Content
+		}
+	}
+	return out
+}
+
+// Kept returns the part of rec that the datastore keeps for a rollback when rec is
+// replaced: the files rotate-ca takes, with their timestamps. The passwd and any field
+// rotate-ca does not change are not kept: a rollback does not restore them.
+func Kept(rec *bootstrap.Record) *bootstrap.Record {
+	out := bootstrap.NewRecord()
+	for _, f := range Fields() {
+		if v, ok := rec.Get(f); ok {
+			out.Set(f, v)
+		}
+	}
+	return out
+}
+
+func validate(v *validation) *Result {
+	staged := v.staged
 	v.r.Errors = unknownFields(staged)
 	v.r.Unchanged = v.unchanged()
 	signing := map[string]crypto.PublicKey{}
@@ -131,7 +173,11 @@ func Validate(current *bootstrap.Record, staged map[string][]byte, now time.Time
 	v.checkServiceKey()
 	v.tokenHashes()
 	if len(v.r.Changes) == 0 && len(v.r.Errors) == 0 {
-		v.r.Errors = append(v.r.Errors, "nothing to rotate: every staged file is identical to the current one")
+		if v.rollback {
+			v.r.Errors = append(v.r.Errors, "nothing to roll back: every kept file is identical to the current one")
+		} else {
+			v.r.Errors = append(v.r.Errors, "nothing to rotate: every staged file is identical to the current one")
+		}
 	}
 	return v.r
 }
@@ -142,7 +188,9 @@ type validation struct {
 	staged  map[string][]byte
 	now     time.Time
 	force   bool
-	r       *Result
+	// rollback: staged holds the kept record's files (ValidateRollback).
+	rollback bool
+	r        *Result
 }
 
 // fail records a failed check of field's staged file.
@@ -233,7 +281,11 @@ func (v *validation) checkCA(p pair) (crypto.PublicKey, bool) {
 		}
 	}
 	if !v.force && v.changed(p.cert) {
-		if err := continuity(newBundle, oldBundle, v.now); err != nil {
+		check := continuity
+		if v.rollback {
+			check = rollbackContinuity
+		}
+		if err := check(newBundle, oldBundle, v.now); err != nil {
 			v.fail(p.cert, "%v", err)
 		}
 	}
@@ -260,6 +312,27 @@ func continuity(newBundle, oldBundle []*x509.Certificate, now time.Time) error {
 	}
 	if err := pki.ChainsTo(newBundle, oldBundle, now); err != nil {
 		return &breakError{Err: err}
+	}
+	return nil
+}
+
+// rollbackError is rollbackContinuity's answer for a kept CA the current one does not
+// lead back to.
+type rollbackError struct{ Err error }
+
+func (e *rollbackError) Error() string {
+	return fmt.Sprintf("the kept CA does not chain to the current CA file (%v): the current CA was not cross-signed by the kept root and does not share it, so nodes holding the current CA would not trust certificates of the kept one; use --force (disruptive)", e.Err)
+}
+
+func (e *rollbackError) Unwrap() error { return e.Err }
+
+// rollbackContinuity checks that the kept CA bundle chains, at now, to the current
+// bundle: true when the current bundle holds the kept root (a cross-signed rotation
+// being undone) or the kept CA's issuer (the same root). A kept single certificate is
+// fine: it is what the cluster ran before.
+func rollbackContinuity(keptBundle, currentBundle []*x509.Certificate, now time.Time) error {
+	if err := pki.ChainsTo(keptBundle, currentBundle, now); err != nil {
+		return &rollbackError{Err: err}
 	}
 	return nil
 }
@@ -305,6 +378,12 @@ func (v *validation) checkServiceKey() {
 	}
 	old, err := pki.ParseKeys(v.cur(ServiceKey))
 	if err != nil {
+		return
+	}
+	if v.rollback {
+		if !holdsKey(keys, old[0].Public()) && !holdsKey(old, keys[0].Public()) {
+			v.fail(ServiceKey, "the kept file does not contain the current service-account signing key, nor does the current file contain the kept signing key: tokens would stop verifying; use --force")
+		}
 		return
 	}
 	if !holdsKey(keys, old[0].Public()) {

@@ -1,11 +1,13 @@
 // Package memstore is an in-memory datastore with the semantics of datastore.Store
-// (revisions, create-only, compare-and-swap, replace, prefix watch, the same sentinel
+// (revisions, create-only, compare-and-swap, replace, side writes in the same
+// transaction, prefix watch, the same sentinel
 // errors), for unit tests of the code that talks to the datastore. A test can hold any
 // operation (Hold) to stand for a slow or unreachable etcd, or fail it (Fail).
 package memstore
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
@@ -160,8 +162,7 @@ func (s *Store) GetPrefix(ctx context.Context, prefix string) ([]datastore.KV, i
 // put writes key at a new revision and tells the watchers; callers hold s.mu.
 func (s *Store) put(key string, value []byte) int64 {
 	s.rev++
-	s.kv[key] = entry{value: append([]byte(nil), value...), mod: s.rev}
-	s.notify(datastore.Event{Key: key, Revision: s.rev})
+	s.set(key, value)
 	return s.rev
 }
 
@@ -228,6 +229,11 @@ func (s *Store) Revision(ctx context.Context) (int64, error) {
 // Update replaces key's value if its modification revision is still rev
 // (datastore.ErrConflict otherwise) and returns the new revision.
 func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64) (int64, error) {
+	return s.UpdateWith(ctx, key, value, rev, datastore.Side{})
+}
+
+// UpdateWith is Update that also writes side at the same revision.
+func (s *Store) UpdateWith(ctx context.Context, key string, value []byte, rev int64, side datastore.Side) (int64, error) {
 	if err := s.enter(ctx, "update", key); err != nil {
 		return 0, err
 	}
@@ -235,11 +241,22 @@ func (s *Store) Update(ctx context.Context, key string, value []byte, rev int64)
 	if s.kv[key].mod != rev {
 		return 0, datastore.ErrConflict
 	}
-	return s.put(key, value), nil
+	if err := checkSide(side, key); err != nil {
+		return 0, err
+	}
+	s.rev++
+	s.set(key, value)
+	s.apply(side)
+	return s.rev, nil
 }
 
 // Replace deletes oldKey (which must still be at rev) and creates newKey in one step.
 func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) (int64, error) {
+	return s.ReplaceWith(ctx, oldKey, rev, newKey, value, datastore.Side{})
+}
+
+// ReplaceWith is Replace that also writes side at the same revision.
+func (s *Store) ReplaceWith(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, side datastore.Side) (int64, error) {
 	if err := s.enter(ctx, "replace", oldKey); err != nil {
 		return 0, err
 	}
@@ -247,12 +264,61 @@ func (s *Store) Replace(ctx context.Context, oldKey string, rev int64, newKey st
 	if _, exists := s.kv[newKey]; s.kv[oldKey].mod != rev || exists {
 		return 0, datastore.ErrConflict
 	}
+	if err := checkSide(side, oldKey, newKey); err != nil {
+		return 0, err
+	}
 	s.rev++
-	delete(s.kv, oldKey)
-	s.kv[newKey] = entry{value: append([]byte(nil), value...), mod: s.rev}
-	s.notify(datastore.Event{Key: oldKey, Revision: s.rev, Deleted: true})
-	s.notify(datastore.Event{Key: newKey, Revision: s.rev})
+	s.delete(oldKey)
+	s.set(newKey, value)
+	s.apply(side)
 	return s.rev, nil
+}
+
+// checkSide refuses, as etcd does, a transaction that names a key twice.
+func checkSide(side datastore.Side, keys ...string) error {
+	seen := map[string]bool{}
+	for _, k := range keys {
+		seen[k] = true
+	}
+	for _, k := range side.Delete {
+		if seen[k] {
+			return fmt.Errorf("duplicate key %s in one transaction", k)
+		}
+		seen[k] = true
+	}
+	for _, kv := range side.Put {
+		if seen[kv.Key] {
+			return fmt.Errorf("duplicate key %s in one transaction", kv.Key)
+		}
+		seen[kv.Key] = true
+	}
+	return nil
+}
+
+// set writes key at the current revision and tells the watchers; callers hold s.mu.
+func (s *Store) set(key string, value []byte) {
+	s.kv[key] = entry{value: append([]byte(nil), value...), mod: s.rev}
+	s.notify(datastore.Event{Key: key, Revision: s.rev})
+}
+
+// delete deletes key, if it exists, at the current revision and tells the watchers;
+// callers hold s.mu.
+func (s *Store) delete(key string) {
+	if _, ok := s.kv[key]; !ok {
+		return
+	}
+	delete(s.kv, key)
+	s.notify(datastore.Event{Key: key, Revision: s.rev, Deleted: true})
+}
+
+// apply writes side at the current revision; callers hold s.mu.
+func (s *Store) apply(side datastore.Side) {
+	for _, k := range side.Delete {
+		s.delete(k)
+	}
+	for _, kv := range side.Put {
+		s.set(kv.Key, kv.Value)
+	}
 }
 
 // Put writes key unconditionally.

@@ -66,6 +66,62 @@ func TestSemantics(t *testing.T) {
 	}
 }
 
+// TestSideWrites: UpdateWith and ReplaceWith write their side at the revision they
+// return when their compare holds, nothing when it does not, and refuse a key named
+// twice, as etcd does.
+func TestSideWrites(t *testing.T) {
+	ctx := context.Background()
+	s := New()
+	if err := s.Put(ctx, "/r", []byte("v1")); err != nil {
+		t.Fatal(err)
+	}
+	_, rev, _ := s.Get(ctx, "/r")
+	get := func(key string) (string, int64) {
+		t.Helper()
+		v, r, err := s.Get(ctx, key)
+		if err != nil {
+			t.Fatalf("Get %s: %v", key, err)
+		}
+		return string(v), r
+	}
+	absent := func(key string) {
+		t.Helper()
+		if _, _, err := s.Get(ctx, key); !errors.Is(err, datastore.ErrNotFound) {
+			t.Errorf("%s exists: %v", key, err)
+		}
+	}
+	if _, err := s.UpdateWith(ctx, "/r", []byte("v2"), rev, datastore.Side{Put: []datastore.KV{{Key: "/r", Value: []byte("x")}}}); err == nil {
+		t.Fatal("UpdateWith naming its key twice was accepted")
+	}
+	newRev, err := s.UpdateWith(ctx, "/r", []byte("v2"), rev, datastore.Side{Put: []datastore.KV{{Key: "/k1", Value: []byte("v1")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, r := get("/k1"); v != "v1" || r != newRev {
+		t.Errorf("side key %q at %d, want v1 at %d", v, r, newRev)
+	}
+	if _, err := s.UpdateWith(ctx, "/r", []byte("v3"), rev, datastore.Side{Put: []datastore.KV{{Key: "/k1", Value: []byte("v2")}}}); !errors.Is(err, datastore.ErrConflict) {
+		t.Fatalf("UpdateWith at a stale revision: %v", err)
+	}
+	if v, _ := get("/k1"); v != "v1" {
+		t.Errorf("a refused UpdateWith wrote its side: %q", v)
+	}
+	side := datastore.Side{Delete: []string{"/k1", "/never"}, Put: []datastore.KV{{Key: "/k2", Value: []byte("k")}}}
+	if _, err := s.ReplaceWith(ctx, "/r", rev, "/m", []byte("m"), side); !errors.Is(err, datastore.ErrConflict) {
+		t.Fatalf("ReplaceWith at a stale revision: %v", err)
+	}
+	absent("/k2")
+	replRev, err := s.ReplaceWith(ctx, "/r", newRev, "/m", []byte("m"), side)
+	if err != nil {
+		t.Fatal(err)
+	}
+	absent("/r")
+	absent("/k1")
+	if v, r := get("/k2"); v != "k" || r != replRev {
+		t.Errorf("side key %q at %d, want k at %d", v, r, replRev)
+	}
+}
+
 func TestHoldBlocksUntilReleasedOrCancelled(t *testing.T) {
 	s := New()
 	release := make(chan struct{})

@@ -23,14 +23,22 @@ import (
 const maxRotateBody = 4 << 20
 
 // handleRotateCA validates staged CA files against the datastore's record and, unless
-// dry-run, stores the new record with a compare-and-swap. Disks are not changed: every
-// server takes the new files at its next start.
+// dry-run, stores the new record with a compare-and-swap, keeping the CA files it
+// replaces (rotation.Kept) in the same transaction. With rollback=true the kept files
+// are what is validated (rotation.ValidateRollback) and stored, and the files they
+// replace are kept in turn. Disks are not changed: every server takes the new files at
+// its next start.
 func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	force := r.URL.Query().Get("force") == "true"
 	dryRun := r.URL.Query().Get("dry-run") == "true"
+	rollback := r.URL.Query().Get(api.QueryRollback) == "true"
 	var req api.RotateCARequest
 	if err := decodeBody(r, maxRotateBody, &req); err != nil {
 		s.Sup.Error(w, r, http.StatusBadRequest, err)
+		return
+	}
+	if rollback && len(req.Files) > 0 {
+		s.Sup.Error(w, r, http.StatusBadRequest, errors.New("a rollback takes no staged files: it restores the CA files the last rotate-ca replaced; nothing was changed"))
 		return
 	}
 	ctx := r.Context()
@@ -41,7 +49,26 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	res := rotation.Validate(rec, req.Files, now, force)
+	action := "rotate-ca"
+	var res *rotation.Result
+	if rollback {
+		action = "rotate-ca-rollback"
+		// Read after the record: a rotation in between changes the record's revision
+		// too, and the compare-and-swap below refuses it.
+		kept, err := record.Previous(ctx, s.Store, pw)
+		if err != nil {
+			s.datastoreError(w, r, http.StatusInternalServerError, err)
+			return
+		}
+		if kept == nil {
+			s.Sup.Error(w, r, http.StatusBadRequest, errors.New("nothing to roll back: the datastore keeps no CA files replaced by a rotate-ca; nothing was changed"))
+			return
+		}
+		req.Files = rotation.Staged(kept)
+		res = rotation.ValidateRollback(rec, kept, now, force)
+	} else {
+		res = rotation.Validate(rec, req.Files, now, force)
+	}
 	if !res.OK() {
 		s.Sup.ErrorList(w, r, http.StatusBadRequest,
 			fmt.Errorf("CA rotation refused; nothing was changed: %s", strings.Join(res.Errors, "; ")), res.Errors)
@@ -62,7 +89,7 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	done := s.Own.Begin()
-	newRev, err := record.Update(ctx, s.Store, pw, rev, next)
+	newRev, err := record.UpdateKeeping(ctx, s.Store, pw, rev, next, rotation.Kept(rec))
 	done(newRev)
 	if err != nil {
 		code := http.StatusInternalServerError
@@ -77,7 +104,7 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	out.Saved = true
 	caller := supervisor.CallerFrom(ctx)
 	for _, c := range res.Changes {
-		e := audit.Entry{Time: now.UTC(), Action: "rotate-ca", Actor: caller.User, RemoteAddr: r.RemoteAddr, File: c.File}
+		e := audit.Entry{Time: now.UTC(), Action: action, Actor: caller.User, RemoteAddr: r.RemoteAddr, File: c.File}
 		if c.New != nil {
 			e.Subject, e.Fingerprint, e.NotAfter = c.New.Subject, c.New.Fingerprint, c.New.NotAfter.Format("2006-01-02T15:04:05Z")
 		}
@@ -149,6 +176,12 @@ func (s *API) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
 	}
+	// The kept CA files move with the record (read after it: see handleRotateCA).
+	kept, err := record.Previous(ctx, s.Store, curPW)
+	if err != nil {
+		s.datastoreError(w, r, http.StatusInternalServerError, err)
+		return
+	}
 	pf, ok := rec.Get(bootstrap.PasswdField)
 	if !ok {
 		s.Sup.Error(w, r, http.StatusInternalServerError, errors.New("the bootstrap data in the datastore holds no PasswdFile, so the new token's passwd cannot be stored with it; nothing was changed: restart this server, which stores its cred/passwd there, and run token rotate again"))
@@ -176,7 +209,7 @@ func (s *API) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	done := s.Own.Begin()
-	newRev, err := record.Move(ctx, s.Store, curPW, rev, newPW, rec)
+	newRev, err := record.Move(ctx, s.Store, curPW, rev, newPW, rec, kept)
 	if err != nil {
 		done(0)
 		code := http.StatusInternalServerError

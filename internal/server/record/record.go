@@ -1,6 +1,9 @@
 // Package record is the bootstrap record in the datastore: found under the key named
 // by the server password, encrypted with it (package bootstrap holds the format), read,
-// compare-and-swapped, moved to a new key when the token is rotated. Own tracks which
+// compare-and-swapped, moved to a new key when the token is rotated. Next to it, at
+// bootstrap.PreviousKeyName and under the same encryption, the record kept for
+// rotate-ca --rollback: written in the same transaction as the record it was replaced
+// in, moved with it. Own tracks which
 // revisions of it this server wrote, so that the watch of /bootstrap/ tells its own
 // changes from another server's.
 package record
@@ -24,7 +27,8 @@ type Store interface {
 	Get(ctx context.Context, key string) ([]byte, int64, error)
 	Keys(ctx context.Context, prefix string) ([]string, error)
 	Update(ctx context.Context, key string, value []byte, rev int64) (int64, error)
-	Replace(ctx context.Context, oldKey string, rev int64, newKey string, value []byte) (int64, error)
+	UpdateWith(ctx context.Context, key string, value []byte, rev int64, side datastore.Side) (int64, error)
+	ReplaceWith(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, side datastore.Side) (int64, error)
 }
 
 // Seal encrypts rec under pw: the value stored at bootstrap.KeyName(pw).
@@ -112,14 +116,64 @@ func Update(ctx context.Context, st Store, pw string, rev int64, rec *bootstrap.
 	return st.Update(ctx, bootstrap.KeyName(pw), value, rev)
 }
 
+// UpdateKeeping is Update that also stores kept, encrypted under pw, at the key of the
+// kept record (bootstrap.PreviousKeyName), in the same transaction: what rotate-ca
+// replaced, for rotate-ca --rollback.
+func UpdateKeeping(ctx context.Context, st Store, pw string, rev int64, rec, kept *bootstrap.Record) (int64, error) {
+	value, err := Seal(pw, rec)
+	if err != nil {
+		return 0, err
+	}
+	keptValue, err := Seal(pw, kept)
+	if err != nil {
+		return 0, err
+	}
+	side := datastore.Side{Put: []datastore.KV{{Key: bootstrap.PreviousKeyName(pw), Value: keptValue}}}
+	return st.UpdateWith(ctx, bootstrap.KeyName(pw), value, rev, side)
+}
+
+// Previous fetches and decrypts the kept record of the server password pw; nil when
+// the datastore keeps none. The kept record is written only together with the record,
+// so one read after the record at revision rev, and a compare-and-swap at rev, see
+// the kept record that goes with it.
+func Previous(ctx context.Context, st Store, pw string) (*bootstrap.Record, error) {
+	key := bootstrap.PreviousKeyName(pw)
+	value, _, err := st.Get(ctx, key)
+	if errors.Is(err, datastore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	plain, err := bootstrap.Decrypt(pw, string(value))
+	if err != nil {
+		return nil, fmt.Errorf("kept CA files at %s: %w", key, err)
+	}
+	rec, err := bootstrap.ParseRecord(plain)
+	if err != nil {
+		return nil, fmt.Errorf("kept CA files at %s: %w", key, err)
+	}
+	return rec, nil
+}
+
 // Move re-encrypts rec under newPW and moves it from the key of oldPW (still at rev) to
-// the key of newPW in one transaction.
-func Move(ctx context.Context, st Store, oldPW string, rev int64, newPW string, rec *bootstrap.Record) (int64, error) {
+// the key of newPW in one transaction. The kept record moves with it: kept (nil when
+// there is none) is re-encrypted under newPW at the kept key of newPW, and the kept key
+// of oldPW is deleted, so that no kept record is left under a password that is gone.
+func Move(ctx context.Context, st Store, oldPW string, rev int64, newPW string, rec, kept *bootstrap.Record) (int64, error) {
 	value, err := Seal(newPW, rec)
 	if err != nil {
 		return 0, err
 	}
-	return st.Replace(ctx, bootstrap.KeyName(oldPW), rev, bootstrap.KeyName(newPW), value)
+	side := datastore.Side{Delete: []string{bootstrap.PreviousKeyName(oldPW)}}
+	if kept != nil {
+		keptValue, err := Seal(newPW, kept)
+		if err != nil {
+			return 0, err
+		}
+		side.Put = []datastore.KV{{Key: bootstrap.PreviousKeyName(newPW), Value: keptValue}}
+	}
+	return st.ReplaceWith(ctx, bootstrap.KeyName(oldPW), rev, bootstrap.KeyName(newPW), value, side)
 }
 
 // Own is the revision of the record this server wrote last, and the writes it has in

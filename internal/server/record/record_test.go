@@ -88,7 +88,7 @@ func TestReadUpdateMove(t *testing.T) {
 	if err != nil || rev2 <= rev {
 		t.Fatalf("Update = %d, %v", rev2, err)
 	}
-	rev3, err := Move(ctx, st, "pw-a", rev2, "pw-c", got)
+	rev3, err := Move(ctx, st, "pw-a", rev2, "pw-c", got, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,5 +97,83 @@ func TestReadUpdateMove(t *testing.T) {
 	}
 	if moved, r, err := Current(ctx, st, "pw-c"); err != nil || r != rev3 || moved == nil {
 		t.Errorf("Current under the new password = %v, %d, %v", moved, r, err)
+	}
+}
+
+// TestKeptRecord: UpdateKeeping stores the kept record with the record, encrypted under
+// the same password, at the revision of the record; a refused update keeps nothing;
+// Move re-encrypts the kept record under the new password and leaves nothing under the
+// old one, also when there is none to move.
+func TestKeptRecord(t *testing.T) {
+	ctx := context.Background()
+	st := memstore.New()
+	file := func(s string) bootstrap.File { return bootstrap.File{Timestamp: time.Unix(1, 0).UTC(), Content: []byte(s)} }
+	rec := bootstrap.NewRecord()
+	rec.Set("ServerCA", file("ca-1"))
+	value, err := Seal("pw-a", rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, bootstrap.KeyName("pw-a"), value); err != nil {
+		t.Fatal(err)
+	}
+	if kept, err := Previous(ctx, st, "pw-a"); kept != nil || err != nil {
+		t.Fatalf("Previous with nothing kept = %v, %v", kept, err)
+	}
+	_, rev, err := Current(ctx, st, "pw-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := bootstrap.NewRecord()
+	next.Set("ServerCA", file("ca-2"))
+	if _, err := UpdateKeeping(ctx, st, "pw-a", rev-1, next, rec); !errors.Is(err, datastore.ErrConflict) {
+		t.Fatalf("UpdateKeeping at a stale revision: %v", err)
+	}
+	if _, ok := st.Value(bootstrap.PreviousKeyName("pw-a")); ok {
+		t.Fatal("a refused UpdateKeeping stored the kept record")
+	}
+	rev2, err := UpdateKeeping(ctx, st, "pw-a", rev, next, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keptValue, _ := st.Value(bootstrap.PreviousKeyName("pw-a"))
+	if _, err := bootstrap.Decrypt("pw-b", string(keptValue)); !errors.Is(err, bootstrap.ErrWrongPassphrase) {
+		t.Errorf("the kept record opens with another password: %v", err)
+	}
+	kept, err := Previous(ctx, st, "pw-a")
+	if f, _ := kept.Get("ServerCA"); err != nil || string(f.Content) != "ca-1" {
+		t.Fatalf("Previous = %q, %v; want the replaced ca-1", f.Content, err)
+	}
+	if cur, r, err := Current(ctx, st, "pw-a"); err != nil || r != rev2 {
+		t.Fatalf("Current = %v, %d, %v", cur, r, err)
+	} else if f, _ := cur.Get("ServerCA"); string(f.Content) != "ca-2" {
+		t.Errorf("record %q, want ca-2", f.Content)
+	}
+	if _, err := Previous(ctx, st, "pw-b"); err != nil {
+		t.Errorf("Previous of a password that keeps nothing: %v", err)
+	}
+
+	if _, err := Move(ctx, st, "pw-a", rev2, "pw-c", next, kept); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := st.Value(bootstrap.PreviousKeyName("pw-a")); ok {
+		t.Error("the kept record is still under the old password's key")
+	}
+	moved, err := Previous(ctx, st, "pw-c")
+	if f, _ := moved.Get("ServerCA"); err != nil || string(f.Content) != "ca-1" {
+		t.Errorf("kept record after the move = %q, %v", f.Content, err)
+	}
+	// A move with nothing to keep deletes what an old password kept.
+	if err := st.Put(ctx, bootstrap.PreviousKeyName("pw-c"), keptValue); err != nil {
+		t.Fatal(err)
+	}
+	_, rev3, _ := Current(ctx, st, "pw-c")
+	if _, err := Move(ctx, st, "pw-c", rev3, "pw-d", next, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, pw := range []string{"pw-c", "pw-d"} {
+		if _, ok := st.Value(bootstrap.PreviousKeyName(pw)); ok {
+			t.Errorf("a kept record under %s after a move with none", pw)
+		}
 	}
 }

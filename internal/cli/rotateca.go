@@ -22,16 +22,22 @@ import (
 
 func newRotateCACmd() *cobra.Command {
 	var dataDir, path, server, output string
-	var force, dryRun bool
+	var force, dryRun, rollback bool
 	first, last := certs.CAs[0], certs.CAs[len(certs.CAs)-1]
 	cmd := &cobra.Command{
-		Use:   "rotate-ca --path DIR",
+		Use:   "rotate-ca --path DIR | --rollback",
 		Short: "Load new CA certificates and keys (staged in DIR laid out as a server dir) into the datastore",
 		Long: fmt.Sprintf(`Reads DIR/%s, DIR/%s, …, DIR/%s and
 DIR/%s (files that are missing keep their current value; each must be a regular
 file, or a symlink to one, of at most 1 MiB), sends them to the running kpki server, which
 checks them all and, if every check passes, saves them to the datastore. Restart kpki on all
-nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertField), rotation.StagedPath(first.KeyField),
+nodes afterwards, servers first, then agents.
+
+The datastore keeps the CA files each rotation replaced. With --rollback (and no --path)
+the server restores them, with the same checks: the kept CAs must chain to the current CA
+files (true when the rotation being undone was cross-signed by the kept root, or kept the
+root), unless --force; the files the rollback replaces are kept in turn, so a second
+--rollback rolls forward again.`, rotation.StagedPath(first.CertField), rotation.StagedPath(first.KeyField),
 			rotation.StagedPath(last.KeyField), rotation.StagedPath(rotation.ServiceKey)),
 		Args:    cobra.NoArgs,
 		PreRunE: func(cmd *cobra.Command, _ []string) error { return applySources(cmd) },
@@ -39,12 +45,19 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 			if err := checkOutput(output); err != nil {
 				return err
 			}
-			if path == "" {
-				return errors.New("--path is required: the directory holding the staged tls/ files")
+			if rollback && path != "" {
+				return errors.New("--rollback restores the CA files the last rotation replaced and takes no --path")
+			}
+			if path == "" && !rollback {
+				return errors.New("--path is required: the directory holding the staged tls/ files (or --rollback to restore the CA files the last rotation replaced)")
 			}
 			u, err := localServerURL(cmd, server)
 			if err != nil {
 				return err
+			}
+			if rollback {
+				newLogger(cmd).Debug("asking the server to roll back the last CA rotation", "server", u, "dry-run", dryRun, "force", force)
+				return runRollbackCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, force, dryRun, output)
 			}
 			newLogger(cmd).Debug("sending the staged CA files to the server", "server", u, "path", path, "dry-run", dryRun, "force", force)
 			return runRotateCA(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), dataDir, u, path, force, dryRun, output)
@@ -56,6 +69,7 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 	cmd.Flags().StringVar(&path, "path", "", "staging directory laid out as a server dir (DIR/tls/...)")
 	cmd.Flags().BoolVar(&force, "force", false, "skip the chain and service-key continuity checks (disruptive: new root)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check and print what would change; write nothing")
+	cmd.Flags().BoolVar(&rollback, "rollback", false, "restore the CA files the last rotate-ca (or rollback) replaced, kept in the datastore")
 	outputFlag(cmd, &output)
 	return cmd
 }
@@ -95,6 +109,21 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 			fmt.Fprintf(out, "note: %s not staged; keeping the current one\n", f)
 		}
 	}
+	return sendRotateCA(ctx, out, errOut, dataDir, server, api.RotateCARequest{Files: staged}, notStaged, force, dryRun, false, output)
+}
+
+// runRollbackCA asks the server to restore the CA files the last rotation replaced
+// and prints the outcome as runRotateCA does.
+func runRollbackCA(ctx context.Context, out, errOut io.Writer, dataDir, server string, force, dryRun bool, output string) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	return sendRotateCA(ctx, out, errOut, dataDir, server, api.RotateCARequest{}, nil, force, dryRun, true, output)
+}
+
+// sendRotateCA sends a rotation (or, with rollback, a rollback) to the server and
+// prints its outcome; notStaged are the files the report lists as not staged.
+func sendRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server string, req api.RotateCARequest, notStaged []string, force, dryRun, rollback bool, output string) error {
 	c, err := serverClient(dataDir, server)
 	if err != nil {
 		return err
@@ -106,19 +135,27 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 	if dryRun {
 		q.Set("dry-run", "true")
 	}
+	what, saved := "CA rotation", "certificates saved to datastore"
+	if rollback {
+		q.Set(api.QueryRollback, "true")
+		what, saved = "CA rollback", "kept CA files restored to the datastore"
+	}
 	var resp api.RotateCAResponse
 	defer c.Close()
-	err = c.Do(ctx, http.MethodPut, api.PathRotateCA, q, api.RotateCARequest{Files: staged}, &resp)
+	err = c.Do(ctx, http.MethodPut, api.PathRotateCA, q, req, &resp)
 	if ctx.Err() != nil {
+		if rollback {
+			return fmt.Errorf("rotate-ca --rollback interrupted before the server answered: a rollback the server already received may still be saved; run rotate-ca --rollback --dry-run to see which way it would go now")
+		}
 		return fmt.Errorf("rotate-ca interrupted before the server answered: a rotation the server already received may still be saved; run it again with --dry-run to see (\"nothing to rotate\" if it was)")
 	}
 	var se *api.StatusError
 	if errors.As(err, &se) && len(se.Body.Errors) > 0 {
 		if len(se.Body.Errors) == 1 {
-			return fmt.Errorf("CA rotation refused, nothing changed: %s (server error id %s)", se.Body.Errors[0], se.Body.ID)
+			return fmt.Errorf("%s refused, nothing changed: %s (server error id %s)", what, se.Body.Errors[0], se.Body.ID)
 		}
 		printFailedChecks(errOut, se.Body.Errors)
-		return fmt.Errorf("CA rotation refused, nothing changed: %d checks failed, listed above (server error id %s)", len(se.Body.Errors), se.Body.ID)
+		return fmt.Errorf("%s refused, nothing changed: %d checks failed, listed above (server error id %s)", what, len(se.Body.Errors), se.Body.ID)
 	}
 	if err != nil {
 		return err
@@ -154,7 +191,7 @@ func runRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server, di
 		fmt.Fprintln(out, "dry run: every check passed; nothing was written")
 		return nil
 	}
-	fmt.Fprintln(out, "certificates saved to datastore; restart kpki on all nodes, servers first, then agents")
+	fmt.Fprintln(out, saved+"; restart kpki on all nodes, servers first, then agents")
 	if resp.TokensChange {
 		fmt.Fprintf(out, "the CA hash changed; reconfigure every node that joined with a secure token before restarting it:\nserver token: %s\nagent token: %s\n", resp.ServerToken, resp.AgentToken)
 	}

@@ -107,7 +107,9 @@ func TestReadUpdateMove(t *testing.T) {
 func TestKeptRecord(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New()
-	file := func(s string) bootstrap.File { return bootstrap.File{Timestamp: time.Unix(1, 0).UTC(), Content: []byte(s)} }
+	file := func(s string) bootstrap.File {
+		return bootstrap.File{Timestamp: time.Unix(1, 0).UTC(), Content: []byte(s)}
+	}
 	rec := bootstrap.NewRecord()
 	rec.Set("ServerCA", file("ca-1"))
 	value, err := Seal("pw-a", rec)

@@ -196,6 +196,13 @@ type bootstrapRecord map[string]bootstrapEntry
 // revision, read with the etcd client certificate of the data dir.
 func bootstrapKeys(t *testing.T, s *kpkiServer) etcdSnapshot {
 	t.Helper()
+	return embeddedPrefix(t, s, "/bootstrap/")
+}
+
+// embeddedPrefix returns every key under prefix of the embedded etcd of s with its raw
+// value and revision, read with the etcd client certificate of the data dir.
+func embeddedPrefix(t *testing.T, s *kpkiServer, prefix string) etcdSnapshot {
+	t.Helper()
 	tlsDir := s.TLSDir()
 	cfg := tlsFromFiles(t, filepath.Join(tlsDir, "etcd", "server-ca.crt"),
 		filepath.Join(tlsDir, "etcd", "client.crt"), filepath.Join(tlsDir, "etcd", "client.key"))
@@ -210,7 +217,7 @@ func bootstrapKeys(t *testing.T, s *kpkiServer) etcdSnapshot {
 		t.Fatalf("etcd client for %s: %v", endpoint, err)
 	}
 	defer cli.Close()
-	return snapshotPrefix(t, cli, "/bootstrap/")
+	return snapshotPrefix(t, cli, prefix)
 }
 
 func keyNames(snap etcdSnapshot) []string {

@@ -53,11 +53,15 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	var res *rotation.Result
 	if rollback {
 		action = "rotate-ca-rollback"
-		// Read after the record: a rotation in between changes the record's revision
-		// too, and the compare-and-swap below refuses it.
-		kept, err := record.Previous(ctx, s.Store, pw)
+		// Read after the record: kept files newer than the record read were written by
+		// a change made since, which the compare-and-swap below would refuse as well.
+		kept, keptRev, err := record.Previous(ctx, s.Store, pw)
 		if err != nil {
 			s.datastoreError(w, r, http.StatusInternalServerError, err)
+			return
+		}
+		if keptRev > rev {
+			s.Sup.Error(w, r, http.StatusConflict, errRollbackConflict)
 			return
 		}
 		if kept == nil {
@@ -71,7 +75,7 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	}
 	if !res.OK() {
 		s.Sup.ErrorList(w, r, http.StatusBadRequest,
-			fmt.Errorf("CA rotation refused; nothing was changed: %s", strings.Join(res.Errors, "; ")), res.Errors)
+			fmt.Errorf("CA %s refused; nothing was changed: %s", map[bool]string{false: "rotation", true: "rollback"}[rollback], strings.Join(res.Errors, "; ")), res.Errors)
 		return
 	}
 	out := api.RotateCAResponse{Result: *res, DryRun: dryRun}
@@ -96,6 +100,9 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, datastore.ErrConflict) {
 			code = http.StatusConflict
 			err = errors.New("the bootstrap data changed while this rotation was checked; nothing was written, run rotate-ca again")
+			if rollback {
+				err = errRollbackConflict
+			}
 		}
 		s.datastoreError(w, r, code, err)
 		return
@@ -177,7 +184,7 @@ func (s *API) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// The kept CA files move with the record (read after it: see handleRotateCA).
-	kept, err := record.Previous(ctx, s.Store, curPW)
+	kept, _, err := record.Previous(ctx, s.Store, curPW)
 	if err != nil {
 		s.datastoreError(w, r, http.StatusInternalServerError, err)
 		return
@@ -244,6 +251,9 @@ func (s *API) handleTokenRotate(w http.ResponseWriter, r *http.Request) {
 	hash, _ := pki.CAHash(cas[certs.ServerCA].BundlePEM)
 	supervisor.JSON(w, api.TokenRotateResponse{Token: token.Format(hash, passwd.ServerUser, newPW), Warnings: warnings})
 }
+
+// errRollbackConflict answers a rollback that a change of the record made meanwhile.
+var errRollbackConflict = errors.New("the bootstrap data changed while this rollback was checked; nothing was written, run rotate-ca --rollback --dry-run to see which way a rollback goes now")
 
 // errNewIsAgentPassword refuses a new server token whose password agents hold.
 var errNewIsAgentPassword = errors.New("the new server token's password is the agent password, which agents hold and which must never authenticate as server; choose another token; nothing was changed")

@@ -144,7 +144,7 @@ func currentAndKept(t *testing.T, e *env, pw string) (*bootstrap.Record, int64, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	kept, err := record.Previous(context.Background(), e.store, pw)
+	kept, _, err := record.Previous(context.Background(), e.store, pw)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestRollbackConflictChangesNothing(t *testing.T) {
 	keptBefore, _ := e.store.Value(bootstrap.PreviousKeyName(serverPW))
 	auditBefore := len(e.auditEntries())
 	r, _ := e.rotateCA(serverPW, nil, rollbackQuery)
-	if r.code != http.StatusConflict {
+	if r.code != http.StatusConflict || !strings.Contains(r.err.Error, "changed while this rollback was checked; nothing was written") {
 		t.Fatalf("rollback on a conflict: %d %s", r.code, r.body)
 	}
 	e.store.Hook("update", nil)
@@ -326,6 +326,32 @@ func TestRollbackConflictChangesNothing(t *testing.T) {
 	if n := len(e.auditEntries()) - auditBefore; n != 0 {
 		t.Errorf("%d audit entries for a rollback that did not happen", n)
 	}
+
+	// Another rollback stored between this one's read of the record and its read of the
+	// kept files: the kept files it reads are newer than the record it holds, and it
+	// answers the conflict rather than comparing the two.
+	first := true
+	e.store.Hook("get", func(ctx context.Context, key string) error {
+		if key != bootstrap.PreviousKeyName(serverPW) || !first {
+			return nil
+		}
+		first = false
+		rec, rev, kept := currentAndKept(t, e, serverPW)
+		next, err := rotation.Apply(rec, rotation.Staged(kept), e.clock.Now())
+		if err != nil {
+			return err
+		}
+		_, err = record.UpdateKeeping(ctx, e.store, serverPW, rev, next, rotation.Kept(rec))
+		return err
+	})
+	r, _ = e.rotateCA(serverPW, nil, rollbackQuery)
+	e.store.Hook("get", nil)
+	if r.code != http.StatusConflict || !strings.Contains(r.err.Error, "changed while this rollback was checked") {
+		t.Fatalf("rollback racing another: %d %s", r.code, r.body)
+	}
+	rec, _, kept := currentAndKept(t, e, serverPW)
+	sameRotated(t, "record after the other rollback", rec, orig)
+	sameRotated(t, "kept after the other rollback", kept, concurrent)
 }
 
 // TestTokenRotateMovesTheKeptRecord: after a token rotation the kept files are under

@@ -132,28 +132,28 @@ func UpdateKeeping(ctx context.Context, st Store, pw string, rev int64, rec, kep
 	return st.UpdateWith(ctx, bootstrap.KeyName(pw), value, rev, side)
 }
 
-// Previous fetches and decrypts the kept record of the server password pw; nil when
-// the datastore keeps none. The kept record is written only together with the record,
-// so one read after the record at revision rev, and a compare-and-swap at rev, see
-// the kept record that goes with it.
-func Previous(ctx context.Context, st Store, pw string) (*bootstrap.Record, error) {
+// Previous fetches and decrypts the kept record of the server password pw, and the
+// revision it was written at; nil when the datastore keeps none. The kept record is
+// written only in the transaction that changes the record, so a kept record newer than
+// the revision a caller read the record at means the record has moved on since.
+func Previous(ctx context.Context, st Store, pw string) (*bootstrap.Record, int64, error) {
 	key := bootstrap.PreviousKeyName(pw)
-	value, _, err := st.Get(ctx, key)
+	value, rev, err := st.Get(ctx, key)
 	if errors.Is(err, datastore.ErrNotFound) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	plain, err := bootstrap.Decrypt(pw, string(value))
 	if err != nil {
-		return nil, fmt.Errorf("kept CA files at %s: %w", key, err)
+		return nil, 0, fmt.Errorf("kept CA files at %s: %w", key, err)
 	}
 	rec, err := bootstrap.ParseRecord(plain)
 	if err != nil {
-		return nil, fmt.Errorf("kept CA files at %s: %w", key, err)
+		return nil, 0, fmt.Errorf("kept CA files at %s: %w", key, err)
 	}
-	return rec, nil
+	return rec, rev, nil
 }
 
 // Move re-encrypts rec under newPW and moves it from the key of oldPW (still at rev) to

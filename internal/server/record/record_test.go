@@ -119,7 +119,7 @@ func TestKeptRecord(t *testing.T) {
 	if err := st.Put(ctx, bootstrap.KeyName("pw-a"), value); err != nil {
 		t.Fatal(err)
 	}
-	if kept, err := Previous(ctx, st, "pw-a"); kept != nil || err != nil {
+	if kept, _, err := Previous(ctx, st, "pw-a"); kept != nil || err != nil {
 		t.Fatalf("Previous with nothing kept = %v, %v", kept, err)
 	}
 	_, rev, err := Current(ctx, st, "pw-a")
@@ -142,16 +142,16 @@ func TestKeptRecord(t *testing.T) {
 	if _, err := bootstrap.Decrypt("pw-b", string(keptValue)); !errors.Is(err, bootstrap.ErrWrongPassphrase) {
 		t.Errorf("the kept record opens with another password: %v", err)
 	}
-	kept, err := Previous(ctx, st, "pw-a")
-	if f, _ := kept.Get("ServerCA"); err != nil || string(f.Content) != "ca-1" {
-		t.Fatalf("Previous = %q, %v; want the replaced ca-1", f.Content, err)
+	kept, keptRev, err := Previous(ctx, st, "pw-a")
+	if f, _ := kept.Get("ServerCA"); err != nil || string(f.Content) != "ca-1" || keptRev != rev2 {
+		t.Fatalf("Previous = %q at %d, %v; want the replaced ca-1 at %d", f.Content, keptRev, err, rev2)
 	}
 	if cur, r, err := Current(ctx, st, "pw-a"); err != nil || r != rev2 {
 		t.Fatalf("Current = %v, %d, %v", cur, r, err)
 	} else if f, _ := cur.Get("ServerCA"); string(f.Content) != "ca-2" {
 		t.Errorf("record %q, want ca-2", f.Content)
 	}
-	if _, err := Previous(ctx, st, "pw-b"); err != nil {
+	if _, _, err := Previous(ctx, st, "pw-b"); err != nil {
 		t.Errorf("Previous of a password that keeps nothing: %v", err)
 	}
 
@@ -161,7 +161,7 @@ func TestKeptRecord(t *testing.T) {
 	if _, ok := st.Value(bootstrap.PreviousKeyName("pw-a")); ok {
 		t.Error("the kept record is still under the old password's key")
 	}
-	moved, err := Previous(ctx, st, "pw-c")
+	moved, _, err := Previous(ctx, st, "pw-c")
 	if f, _ := moved.Get("ServerCA"); err != nil || string(f.Content) != "ca-1" {
 		t.Errorf("kept record after the move = %q, %v", f.Content, err)
 	}

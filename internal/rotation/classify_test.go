@@ -85,4 +85,3 @@ func TestClassifyNothingChanged(t *testing.T) {
 		t.Errorf("same record: %+v", c)
 	}
 }
-

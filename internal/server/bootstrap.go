@@ -57,7 +57,7 @@ func (s *Server) applyRecord(rec *bootstrap.Record) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.applyWrites(writes)
+	return s.applyWrites(writes, true)
 }
 
 // planRecord returns the writes that make the disk match rec, and what the disk holds.
@@ -92,11 +92,13 @@ func (s *Server) readDisk() (map[string]bootstrap.DiskFile, error) {
 	return disk, nil
 }
 
-func (s *Server) applyWrites(writes []bootstrap.Write) ([]string, error) {
+// applyWrites writes the files of writes as one group; warn logs each file it
+// replaces (at start-up a differing file is a surprise, in a live apply it is the point).
+func (s *Server) applyWrites(writes []bootstrap.Write, warn bool) ([]string, error) {
 	var group []datadir.File
 	var changed []string
 	for _, w := range writes {
-		if w.Overwrite {
+		if w.Overwrite && warn {
 			s.log.Warn("replacing file with the datastore's copy", "file", w.Path)
 		}
 		group = append(group, datadir.File{Path: w.Path, Data: w.Content, Mode: w.Mode, ModTime: w.ModTime})
@@ -206,7 +208,7 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 		writes = append(writes, bootstrap.Write{Field: f.Field, Path: filepath.Join(s.cfg.DataDir, filepath.FromSlash(f.Path)),
 			Content: v.Content, Mode: f.Mode, ModTime: v.Timestamp})
 	}
-	if _, err := s.applyWrites(writes); err != nil {
+	if _, err := s.applyWrites(writes, true); err != nil {
 		return err
 	}
 	s.own.Set(rev)

@@ -254,7 +254,7 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 		return liveDecision{}, rotation.Continuity{}, nil, err
 	}
 	cont := rotation.Classify(diskRecord(disk), rec, s.clock.Now())
-	changed, err := s.applyWrites(writes)
+	changed, err := s.applyWrites(writes, false)
 	if err != nil {
 		return liveDecision{}, cont, nil, err
 	}

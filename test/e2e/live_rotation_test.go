@@ -227,3 +227,52 @@ func TestLiveCARotationOneServer(t *testing.T) {
 	}
 	s.Stop(t)
 }
+
+// TestLiveCARotationKilledMidApply: rotate-ca, then SIGKILL the server while it applies the
+// new record live (right after rotate-ca returns, and a little later, in the middle of the
+// leaves or of the etcd restart). Started again, it converges: every certificate matches its
+// key and chains to the new CAs of the record, the disk holds the record's files, the
+// supervisor serves the new certificate, and kpki_restart_required is 0.
+func TestLiveCARotationKilledMidApply(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl")
+	dd := filepath.Join(t.TempDir(), "data")
+	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1"))
+	s := startServer(t, dd, "--metrics-address", metrics)
+	s.WaitReady(t)
+	midApply := 0
+	for round, delay := range []time.Duration{0, 300 * time.Millisecond, 1500 * time.Millisecond} {
+		kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", dd)
+		staged := stagedCAs(t, filepath.Join(dd, "server", "rotate-ca", "tls"))
+		assertRotateCASaved(t, rotateCA(t, s, filepath.Join(dd, "server", "rotate-ca")))
+		time.Sleep(delay) // the kill instant, not a wait for a state
+		s.Kill(t)
+		finished := strings.Contains(s.Stderr(), "applied the new bootstrap data live")
+		if !finished {
+			midApply++
+		}
+		t.Logf("round %d: SIGKILL %v after rotate-ca returned; the live apply had finished: %v", round+1, delay, finished)
+
+		s = startServerOn(t, s.Ports, dd, "--metrics-address", metrics)
+		s.WaitReady(t)
+		rec, _ := currentRecord(t, s)
+		got := map[string][]byte{}
+		for _, f := range caFiles {
+			got[f] = rec[caRecordField[f+".crt"]].Content
+		}
+		if !oneOfCASets(got, []map[string][]byte{staged}) {
+			t.Fatalf("round %d: the record does not hold the rotated CAs", round+1)
+		}
+		assertDiskMatchesRecord(t, dd, rec)
+		checkServerLeaves(t, s, rec)
+		assertLeavesChainToRecord(t, s, rec)
+		assertServesNewCA(t, s)
+		if v := metricValue(t, metrics, "kpki_restart_required"); v != "0" {
+			t.Errorf("round %d: kpki_restart_required %q after the restart, want 0", round+1, v)
+		}
+	}
+	if midApply == 0 {
+		t.Error("no kill landed inside the live apply; the test proved nothing")
+	}
+	s.Stop(t)
+}

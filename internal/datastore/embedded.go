@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -39,10 +41,24 @@ type EmbeddedConfig struct {
 	StartTimeout  time.Duration
 }
 
-// Embedded is a running embedded etcd member and a client connected to it.
+// Embedded is a running embedded etcd member and a client connected to it. The member
+// can be restarted in place (Restart): the Store stays the same value, its client is
+// replaced.
 type Embedded struct {
 	*Store
-	etcd *embed.Etcd
+	cfg EmbeddedConfig
+
+	mu     sync.Mutex
+	member *member
+	// errc carries the fatal errors of the running member; never closed.
+	errc chan error
+}
+
+// member is one run of the embedded etcd; stopped is set before kpki stops it, so that
+// what it reports while stopping is not taken for a failure.
+type member struct {
+	etcd    *embed.Etcd
+	stopped atomic.Bool
 }
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
@@ -135,6 +151,26 @@ func (c EmbeddedConfig) embedConfig() (*embed.Config, error) {
 
 // StartEmbedded starts the member and waits until it serves, then connects to it.
 func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
+	m, err := startMember(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	st, err := Connect(ctx, []string{c.ClientURL()}, c.clientTLS(), 10*time.Second)
+	if err != nil {
+		m.stop()
+		return nil, err
+	}
+	e := &Embedded{Store: st, cfg: c, errc: make(chan error, 1)}
+	e.watch(m)
+	return e, nil
+}
+
+func (c EmbeddedConfig) clientTLS() ClientTLS {
+	return ClientTLS{CAFile: c.ServerCA, CertFile: c.ClientCert, KeyFile: c.ClientKey}
+}
+
+// startMember starts etcd with the member's configuration and waits until it serves.
+func startMember(ctx context.Context, c EmbeddedConfig) (*member, error) {
 	if err := CheckDatabase(c.DataDir); err != nil {
 		return nil, err
 	}
@@ -166,20 +202,76 @@ func StartEmbedded(ctx context.Context, c EmbeddedConfig) (*Embedded, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	st, err := Connect(ctx, []string{c.ClientURL()}, ClientTLS{CAFile: c.ServerCA, CertFile: c.ClientCert, KeyFile: c.ClientKey}, 10*time.Second)
-	if err != nil {
-		e.Close()
-		return nil, err
+	return &member{etcd: e}, nil
+}
+
+// stop stops the member once; a second call does nothing.
+func (m *member) stop() {
+	if m.stopped.CompareAndSwap(false, true) {
+		m.etcd.Close()
 	}
-	return &Embedded{Store: st, etcd: e}, nil
+}
+
+// watch makes m the running member and passes on its fatal errors.
+func (e *Embedded) watch(m *member) {
+	e.mu.Lock()
+	e.member = m
+	e.mu.Unlock()
+	go func() {
+		for err := range m.etcd.Err() {
+			if err == nil || m.stopped.Load() {
+				continue
+			}
+			select {
+			case e.errc <- err:
+			default:
+			}
+		}
+	}()
+}
+
+// Restart stops the member and starts it again from its data dir, with the certificate
+// files as they are now (the same paths, new contents), then reconnects the Store with
+// the new client certificate. The member keeps its identity and data: to the cluster it
+// is a member that was down for a moment. When the member cannot be started again, the
+// error is also reported on Err: the server cannot go on without its datastore.
+func (e *Embedded) Restart(ctx context.Context) error {
+	e.mu.Lock()
+	old := e.member
+	e.mu.Unlock()
+	old.stop()
+	m, err := startMember(ctx, e.cfg)
+	if err != nil {
+		err = fmt.Errorf("restart embedded etcd: %w", err)
+		select {
+		case e.errc <- err:
+		default:
+		}
+		return err
+	}
+	e.watch(m)
+	if err := e.Store.reconnect(ctx, e.cfg.clientTLS(), 10*time.Second); err != nil {
+		return fmt.Errorf("reconnect to the restarted embedded etcd: %w", err)
+	}
+	return nil
 }
 
 // Close disconnects and stops the member.
 func (e *Embedded) Close() error {
 	err := e.Store.Close()
-	e.etcd.Close()
+	e.mu.Lock()
+	m := e.member
+	e.mu.Unlock()
+	m.stop()
 	return err
 }
 
 // Err reports a fatal error of the running member.
-func (e *Embedded) Err() <-chan error { return e.etcd.Err() }
+func (e *Embedded) Err() <-chan error { return e.errc }
+
+// running is the etcd of the running member.
+func (e *Embedded) running() *embed.Etcd {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.member.etcd
+}

@@ -96,7 +96,7 @@ func StartLocal(ctx context.Context, c EmbeddedConfig) (*Local, error) {
 // Close stops the member; its data dir can then be used by StartEmbedded.
 func (l *Local) Close() {
 	// The in-process client holds no connection; closing it only cancels its context.
-	_ = l.cli.Close()
+	_ = l.client().Close()
 	l.etcd.Close()
 }
 

@@ -357,7 +357,7 @@ func leaderOf(t *testing.T, members []*Embedded) int {
 	t.Helper()
 	for range 100 {
 		for i, e := range members {
-			if e.etcd.Server.Leader() == e.etcd.Server.MemberID() {
+			if e.running().Server.Leader() == e.running().Server.MemberID() {
 				return i
 			}
 		}
@@ -389,7 +389,7 @@ func TestRetryAcrossLeaderLoss(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	members[lead].etcd.Server.HardStop() // no leadership transfer: a crash
+	members[lead].running().Server.HardStop() // no leadership transfer: a crash
 	start := time.Now()
 	created, _, err := st.CreateOrGet(ctx, "/retry-test/node-a", []byte("salt:hash"))
 	if err != nil || !created {
@@ -410,7 +410,7 @@ func TestRetryAcrossLeaderLoss(t *testing.T) {
 	}
 	t.Logf("four operations through the election in %s", time.Since(start).Round(time.Millisecond))
 
-	survivors[1].etcd.Server.HardStop()
+	survivors[1].running().Server.HardStop()
 	start = time.Now()
 	_, _, err = st.Get(ctx, "/retry-test/before")
 	if !errors.Is(err, ErrNoQuorum) {

@@ -11,7 +11,7 @@ import (
 func (s *Store) Revision(ctx context.Context) (int64, error) {
 	var resp *clientv3.GetResponse
 	err := s.do(ctx, "get", "/kpki-revision", true, func(ctx context.Context, _ bool) (err error) {
-		resp, err = s.cli.Get(ctx, "/kpki-revision", clientv3.WithCountOnly())
+		resp, err = s.client().Get(ctx, "/kpki-revision", clientv3.WithCountOnly())
 		return err
 	})
 	if err != nil {

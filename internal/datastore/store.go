@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -33,7 +34,9 @@ var (
 
 // Store is a key-value datastore with revisions.
 type Store struct {
-	cli *clientv3.Client
+	// cli is replaced when the embedded member restarts with new certificates (see
+	// reconnect); every call takes the current one.
+	cli atomic.Pointer[clientv3.Client]
 	// Endpoints is what the client connects to, for messages.
 	Endpoints []string
 
@@ -44,7 +47,8 @@ type Store struct {
 
 // newStore wraps cli with the default retry policy on the wall clock.
 func newStore(cli *clientv3.Client, endpoints []string) *Store {
-	s := &Store{cli: cli, Endpoints: endpoints, policy: defaultRetry, clock: clock.Real{}}
+	s := &Store{Endpoints: endpoints, policy: defaultRetry, clock: clock.Real{}}
+	s.cli.Store(cli)
 	s.sleep = func(ctx context.Context, d time.Duration) error { return clock.Sleep(ctx, s.clock, d) }
 	return s
 }
@@ -85,6 +89,15 @@ func (c ClientTLS) config() (*tls.Config, error) {
 
 // Connect opens a client to endpoints and checks that the cluster answers within timeout.
 func Connect(ctx context.Context, endpoints []string, t ClientTLS, timeout time.Duration) (*Store, error) {
+	cli, err := dial(ctx, endpoints, t, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return newStore(cli, endpoints), nil
+}
+
+// dial opens a client to endpoints and checks that the cluster answers within timeout.
+func dial(ctx context.Context, endpoints []string, t ClientTLS, timeout time.Duration) (*clientv3.Client, error) {
 	tlsCfg, err := t.config()
 	if err != nil {
 		return nil, err
@@ -107,24 +120,40 @@ func Connect(ctx context.Context, endpoints []string, t ClientTLS, timeout time.
 	if err != nil {
 		return nil, fmt.Errorf("datastore %s: %w", strings.Join(endpoints, ","), err)
 	}
-	s := newStore(cli, endpoints)
+	probe := newStore(cli, endpoints)
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := s.do(cctx, "get", "/kpki-health", true, func(ctx context.Context, _ bool) error {
+	if err := probe.do(cctx, "get", "/kpki-health", true, func(ctx context.Context, _ bool) error {
 		_, err := cli.Get(ctx, "/kpki-health")
 		return err
 	}); err != nil {
 		cli.Close()
 		return nil, fmt.Errorf("datastore %s does not answer: %w", strings.Join(endpoints, ","), err)
 	}
-	return s, nil
+	return cli, nil
+}
+
+// reconnect replaces the client with one that uses the TLS files t as they are now (a
+// member that restarted with new certificates); the old client is closed, which ends
+// its watches (their channels close, as when etcd ends a watch).
+func (s *Store) reconnect(ctx context.Context, t ClientTLS, timeout time.Duration) error {
+	cli, err := dial(ctx, append([]string(nil), s.Endpoints...), t, timeout)
+	if err != nil {
+		return err
+	}
+	if old := s.cli.Swap(cli); old != nil {
+		old.Close()
+	}
+	return nil
 }
 
 // Close closes the client.
-func (s *Store) Close() error { return s.cli.Close() }
+func (s *Store) Close() error { return s.client().Close() }
 
 // Client exposes the etcd client for membership operations.
-func (s *Store) Client() *clientv3.Client { return s.cli }
+func (s *Store) Client() *clientv3.Client { return s.client() }
+
+func (s *Store) client() *clientv3.Client { return s.cli.Load() }
 
 // Every operation below that is safe to repeat is retried across a leader election
 // (see do): reads, and writes guarded by a compare that recognise their own earlier
@@ -143,7 +172,7 @@ func wrap(op, key string, err error) error {
 func (s *Store) Get(ctx context.Context, key string) ([]byte, int64, error) {
 	var resp *clientv3.GetResponse
 	err := s.do(ctx, "get", key, true, func(ctx context.Context, _ bool) (err error) {
-		resp, err = s.cli.Get(ctx, key)
+		resp, err = s.client().Get(ctx, key)
 		return err
 	})
 	if err != nil {
@@ -159,7 +188,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, int64, error) {
 func (s *Store) Keys(ctx context.Context, prefix string) ([]string, error) {
 	var resp *clientv3.GetResponse
 	err := s.do(ctx, "list", prefix, true, func(ctx context.Context, _ bool) (err error) {
-		resp, err = s.cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		resp, err = s.client().Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 		return err
 	})
 	if err != nil {
@@ -183,7 +212,7 @@ type KV struct {
 func (s *Store) GetPrefix(ctx context.Context, prefix string) ([]KV, int64, error) {
 	var resp *clientv3.GetResponse
 	err := s.do(ctx, "list", prefix, true, func(ctx context.Context, _ bool) (err error) {
-		resp, err = s.cli.Get(ctx, prefix, clientv3.WithPrefix())
+		resp, err = s.client().Get(ctx, prefix, clientv3.WithPrefix())
 		return err
 	})
 	if err != nil {
@@ -224,7 +253,7 @@ func (s *Store) Create(ctx context.Context, key string, value []byte) error {
 // createAttempt is one attempt of Create. After an ambiguous attempt (again), a key that
 // holds value was written by that attempt.
 func (s *Store) createAttempt(ctx context.Context, key string, value []byte, again bool) error {
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value))).
 		Else(clientv3.OpGet(key)).
@@ -261,7 +290,7 @@ func (s *Store) CreateOrGetRev(ctx context.Context, key string, value []byte) (c
 // createOrGetAttempt is one attempt of CreateOrGet. After an ambiguous attempt (again),
 // a key that holds value was created by that attempt.
 func (s *Store) createOrGetAttempt(ctx context.Context, key string, value []byte, again bool) (bool, []byte, int64, error) {
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.client().Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value))).
 		Else(clientv3.OpGet(key)).
@@ -328,7 +357,7 @@ func (s *Store) UpdateWith(ctx context.Context, key string, value []byte, rev in
 // Values kpki updates are encrypted with a fresh salt, so no other writer stores the
 // same bytes.
 func (s *Store) updateAttempt(ctx context.Context, key string, value []byte, rev int64, side Side, again bool) (int64, error) {
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.client().Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
 		Then(append([]clientv3.Op{clientv3.OpPut(key, string(value))}, side.ops()...)...).
 		Else(clientv3.OpGet(key)).
@@ -367,7 +396,7 @@ func (s *Store) ReplaceWith(ctx context.Context, oldKey string, rev int64, newKe
 // replaceAttempt is one attempt of ReplaceWith. After an ambiguous attempt (again),
 // oldKey gone and newKey holding value mean that attempt was applied.
 func (s *Store) replaceAttempt(ctx context.Context, oldKey string, rev int64, newKey string, value []byte, side Side, again bool) (int64, error) {
-	resp, err := s.cli.Txn(ctx).
+	resp, err := s.client().Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(oldKey), "=", rev), clientv3.Compare(clientv3.CreateRevision(newKey), "=", 0)).
 		Then(append([]clientv3.Op{clientv3.OpDelete(oldKey), clientv3.OpPut(newKey, string(value))}, side.ops()...)...).
 		Else(clientv3.OpGet(newKey), clientv3.OpGet(oldKey)).
@@ -389,7 +418,7 @@ func (s *Store) replaceAttempt(ctx context.Context, oldKey string, rev int64, ne
 // unprocessed for want of a leader.
 func (s *Store) Put(ctx context.Context, key string, value []byte) error {
 	return wrap("put", key, s.do(ctx, "put", key, false, func(ctx context.Context, _ bool) error {
-		_, err := s.cli.Put(ctx, key, string(value))
+		_, err := s.client().Put(ctx, key, string(value))
 		return err
 	}))
 }
@@ -410,7 +439,7 @@ func (s *Store) WatchPrefix(ctx context.Context, prefix string, fromRev int64) <
 	if fromRev > 0 {
 		opts = append(opts, clientv3.WithRev(fromRev))
 	}
-	wc := s.cli.Watch(clientv3.WithRequireLeader(ctx), prefix, opts...)
+	wc := s.client().Watch(clientv3.WithRequireLeader(ctx), prefix, opts...)
 	go func() {
 		defer close(out)
 		for resp := range wc {
@@ -435,7 +464,7 @@ func (s *Store) WatchPrefix(ctx context.Context, prefix string, fromRev int64) <
 func (s *Store) Healthy(ctx context.Context, timeout time.Duration) error {
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), timeout)
 	defer cancel()
-	_, err := s.cli.Get(cctx, "/kpki-health")
+	_, err := s.client().Get(cctx, "/kpki-health")
 	if errors.Is(err, rpctypes.ErrNoLeader) {
 		return fmt.Errorf("%w: the etcd member has no leader", ErrNoQuorum)
 	}

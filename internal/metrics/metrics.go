@@ -26,6 +26,10 @@ type Metrics struct {
 	Issued          *prometheus.CounterVec
 	JoinRequests    *prometheus.CounterVec
 	RestartRequired prometheus.Gauge
+	// LiveApply counts the server's live applies of a changed bootstrap record, by
+	// result; CADisruptive is 1 while the CA set last applied live broke continuity.
+	LiveApply    *prometheus.CounterVec
+	CADisruptive prometheus.Gauge
 }
 
 // New creates and registers the metrics.
@@ -51,10 +55,18 @@ func New() *Metrics {
 		}, []string{"result"}),
 		RestartRequired: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "kpki_restart_required",
-			Help: "1 when the CA material in the datastore changed and this server must be restarted to use it.",
+			Help: "1 when the CA material in the datastore changed and this server could not take it live: it must be restarted to use it.",
+		}),
+		LiveApply: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpki_bootstrap_live_apply_total",
+			Help: "Live applies of a changed bootstrap record (CA rotation) by this server, by result (ok, failed).",
+		}, []string{"result"}),
+		CADisruptive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kpki_ca_rotation_disruptive",
+			Help: "1 when the CA set this server last applied live is a new root or service-account key set that breaks continuity (rotate-ca --force): clients need the new token and agents must re-join.",
 		}),
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired)
+	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired, m.LiveApply, m.CADisruptive)
 	return m
 }
 

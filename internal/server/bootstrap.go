@@ -53,6 +53,26 @@ func (s *Server) reconcile(ctx context.Context) (bool, []string, error) {
 // applyRecord makes the disk match rec under the rules of SPEC §6 and returns the
 // files it wrote.
 func (s *Server) applyRecord(rec *bootstrap.Record) ([]string, error) {
+	writes, _, err := s.planRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	return s.applyWrites(writes, true)
+}
+
+// planRecord returns the writes that make the disk match rec, and what the disk holds.
+func (s *Server) planRecord(rec *bootstrap.Record) ([]bootstrap.Write, map[string]bootstrap.DiskFile, error) {
+	disk, err := s.readDisk()
+	if err != nil {
+		return nil, nil, err
+	}
+	writes, err := bootstrap.Plan(s.cfg.DataDir, rec, disk)
+	return writes, disk, err
+}
+
+// readDisk reads the files of the bootstrap record that exist on disk, keyed by
+// bootstrap.FileSpec.Path.
+func (s *Server) readDisk() (map[string]bootstrap.DiskFile, error) {
 	disk := map[string]bootstrap.DiskFile{}
 	for _, f := range bootstrap.Files {
 		p := filepath.Join(s.cfg.DataDir, filepath.FromSlash(f.Path))
@@ -69,18 +89,16 @@ func (s *Server) applyRecord(rec *bootstrap.Record) ([]string, error) {
 		}
 		disk[f.Path] = bootstrap.DiskFile{Exists: true, Content: content, ModTime: st.ModTime()}
 	}
-	writes, err := bootstrap.Plan(s.cfg.DataDir, rec, disk)
-	if err != nil {
-		return nil, err
-	}
-	return s.applyWrites(writes)
+	return disk, nil
 }
 
-func (s *Server) applyWrites(writes []bootstrap.Write) ([]string, error) {
+// applyWrites writes the files of writes as one group; warn logs each file it
+// replaces (at start-up a differing file is a surprise, in a live apply it is the point).
+func (s *Server) applyWrites(writes []bootstrap.Write, warn bool) ([]string, error) {
 	var group []datadir.File
 	var changed []string
 	for _, w := range writes {
-		if w.Overwrite {
+		if w.Overwrite && warn {
 			s.log.Warn("replacing file with the datastore's copy", "file", w.Path)
 		}
 		group = append(group, datadir.File{Path: w.Path, Data: w.Content, Mode: w.Mode, ModTime: w.ModTime})
@@ -190,7 +208,7 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 		writes = append(writes, bootstrap.Write{Field: f.Field, Path: filepath.Join(s.cfg.DataDir, filepath.FromSlash(f.Path)),
 			Content: v.Content, Mode: f.Mode, ModTime: v.Timestamp})
 	}
-	if _, err := s.applyWrites(writes); err != nil {
+	if _, err := s.applyWrites(writes, true); err != nil {
 		return err
 	}
 	s.own.Set(rev)
@@ -198,10 +216,11 @@ func (s *Server) adoptRecord(ctx context.Context) error {
 }
 
 // watchBootstrap notices changes of the bootstrap data made by another server (rotate-ca,
-// token rotation): this server keeps running with its current files and says that a
-// restart is needed. The watch starts right after the revision this server read, so a
+// a rollback, token rotation) and has the live apply converge to the record (see
+// liveApplyLoop). The watch starts right after the revision this server read, so a
 // change made in between is not missed; a change this server is making itself is
-// recognised once its write has answered (record.Own), not by holding a lock across it.
+// recognised once its write has answered (record.Own), not by holding a lock across it:
+// the handler that made it asks for the apply itself (RecordChanged).
 func (s *Server) watchBootstrap(ctx context.Context) {
 	if s.store == nil {
 		return
@@ -210,19 +229,18 @@ func (s *Server) watchBootstrap(ctx context.Context) {
 	for ctx.Err() == nil {
 		for ev := range s.store.WatchPrefix(ctx, bootstrap.KeyPrefix, from) {
 			if !s.own.Mine(ctx, ev.Revision) {
-				s.flagRestart(ev.Key)
+				s.log.Info("the bootstrap data in the datastore changed; applying it", "key", ev.Key, "revision", ev.Revision)
+				s.RecordChanged()
 			}
 		}
 		if ctx.Err() != nil {
 			return
 		}
-		// The watch ended (etcd restarted it, or the revision was compacted): compare the
-		// record once more and watch again from now on.
+		// The watch ended (etcd restarted it, the member restarted, or the revision was
+		// compacted): compare the record once more and watch again from now on.
 		key, rev := bootstrap.KeyName(s.Password()), s.own.Rev()
-		if _, cur, err := s.store.Get(ctx, key); err == nil && cur != rev {
-			s.flagRestart(key)
-		} else if errors.Is(err, datastore.ErrNotFound) {
-			s.flagRestart(key)
+		if _, cur, err := s.store.Get(ctx, key); (err == nil && cur != rev) || errors.Is(err, datastore.ErrNotFound) {
+			s.RecordChanged()
 		}
 		from = 0
 		if clock.Sleep(ctx, s.clock, time.Second) != nil {
@@ -231,7 +249,8 @@ func (s *Server) watchBootstrap(ctx context.Context) {
 	}
 }
 
-func (s *Server) flagRestart(key string) {
+// flagRestart is the fallback when the record cannot be taken live.
+func (s *Server) flagRestart(reason string, attrs ...any) {
 	s.metrics.RestartRequired.Set(1)
-	s.log.Warn("the bootstrap data in the datastore changed; restart kpki to use the new CA material", "key", key)
+	s.log.Warn("the bootstrap data in the datastore changed and this server could not take it live ("+reason+"); restart kpki to use it", attrs...)
 }

@@ -17,10 +17,13 @@ func (s *Server) apiServerURL() string {
 	return "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.cfg.APIServerPort))
 }
 
-// writeDerived writes the files computed from the CAs and leaves: *.nochain.crt,
-// kubeconfigs, token files and --write-kubeconfig. Unchanged files are not rewritten.
-func (s *Server) writeDerived() error {
-	cas := s.caSet()
+// writeDerived writes the files computed from the loaded CAs and the leaves:
+// *.nochain.crt, kubeconfigs, token files and --write-kubeconfig. Unchanged files are
+// not rewritten.
+func (s *Server) writeDerived() error { return s.writeDerivedUnder(s.caSet()) }
+
+// writeDerivedUnder writes the derived files for cas.
+func (s *Server) writeDerivedUnder(cas map[certs.CAID]*pki.CA) error {
 	password, agentPassword := s.secrets()
 	for _, c := range certs.CAs {
 		if c.NoChainFile == "" {

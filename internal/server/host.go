@@ -26,8 +26,9 @@ func (s *Server) handlers() *handlers.API {
 		Issuer: s.issuer, Validity: s.r.validity, ClusterDomain: s.cfg.ClusterDomain,
 	}
 	if s.embedded != nil {
-		cli := s.store.Client()
-		a.Members = func(ctx context.Context) ([]membership.Member, error) { return membership.List(ctx, cli) }
+		// The client is taken per call: a restart of the member replaces it.
+		st := s.store
+		a.Members = func(ctx context.Context) ([]membership.Member, error) { return membership.List(ctx, st.Client()) }
 	}
 	return a
 }

@@ -123,6 +123,7 @@ func (s *Server) startEtcdMember(ctx context.Context, join bool, initial string)
 	}
 	s.embedded = e
 	s.store = e.Store
+	s.etcdCAsRunning = s.etcdCAFiles()
 	return nil
 }
 
@@ -233,39 +234,48 @@ func (s *Server) initCAs() error {
 	return nil
 }
 
-// loadCAs reads and validates every CA on disk.
+// loadCAs reads and validates every CA on disk and makes them the loaded CAs.
 func (s *Server) loadCAs() error {
+	cas, err := s.readCAs()
+	if err != nil {
+		return err
+	}
+	s.setLive(cas, nil)
+	return nil
+}
+
+// readCAs reads and validates every CA on disk.
+func (s *Server) readCAs() (map[certs.CAID]*pki.CA, error) {
 	cas := map[certs.CAID]*pki.CA{}
 	now := s.clock.Now()
 	for _, c := range certs.CAs {
 		crt, kf := s.caPaths(c)
 		certPEM, err := os.ReadFile(crt)
 		if err != nil {
-			return fmt.Errorf("read CA certificate: %w", err)
+			return nil, fmt.Errorf("read CA certificate: %w", err)
 		}
 		bundle, err := pki.ParseCerts(certPEM)
 		if err != nil {
-			return fmt.Errorf("CA certificate %s: %w", crt, err)
+			return nil, fmt.Errorf("CA certificate %s: %w", crt, err)
 		}
 		keyPEM, err := os.ReadFile(kf)
 		if err != nil {
-			return fmt.Errorf("read CA key: %w", err)
+			return nil, fmt.Errorf("read CA key: %w", err)
 		}
 		key, err := pki.ParseKey(keyPEM)
 		if err != nil {
-			return fmt.Errorf("CA key %s: %w", kf, err)
+			return nil, fmt.Errorf("CA key %s: %w", kf, err)
 		}
 		ca := &pki.CA{Cert: bundle[0], Key: key, Bundle: bundle, BundlePEM: certPEM}
 		if err := pki.CheckCA(ca, now); err != nil {
 			if !pki.KeyMatchesCert(key, bundle[0]) {
-				return fmt.Errorf("CA %s: key %s does not match the certificate", crt, kf)
+				return nil, fmt.Errorf("CA %s: key %s does not match the certificate", crt, kf)
 			}
-			return fmt.Errorf("CA %s: %w", crt, err)
+			return nil, fmt.Errorf("CA %s: %w", crt, err)
 		}
 		cas[c.ID] = ca
 	}
-	s.cas.Store(&cas)
-	return nil
+	return cas, nil
 }
 
 func (s *Server) ensureServiceKey() error {
@@ -355,12 +365,17 @@ func (s *Server) ensurePasswd() error {
 	return nil
 }
 
-// ensureLeaves plans and applies every server leaf; it returns the files it changed.
+// ensureLeaves plans and applies every server leaf under the loaded CAs; it returns the
+// files it changed.
 func (s *Server) ensureLeaves(actor string) ([]string, error) {
+	return s.ensureLeavesUnder(actor, s.caSet())
+}
+
+// ensureLeavesUnder plans and applies every server leaf under cas.
+func (s *Server) ensureLeavesUnder(actor string, cas map[certs.CAID]*pki.CA) ([]string, error) {
 	var changed []string
 	app := s.applier()
 	params := s.params()
-	cas := s.caSet()
 	for _, l := range certs.Select(certs.ServerNode, nil) {
 		crt, kf := s.leafPaths(l.Node, l.Name)
 		ca := cas[l.Signer]
@@ -436,8 +451,8 @@ func (s *Server) serverCABundle() []byte {
 
 // caSet returns the loaded CAs (nil before loadCAs).
 func (s *Server) caSet() map[certs.CAID]*pki.CA {
-	if p := s.cas.Load(); p != nil {
-		return *p
+	if l := s.live.Load(); l != nil {
+		return l.cas
 	}
 	return nil
 }

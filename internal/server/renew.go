@@ -28,8 +28,14 @@ func (s *Server) renewLoop(ctx context.Context) {
 	}
 }
 
-// RenewNow runs one renewal pass, then logs the CAs close to expiry (once each).
+// RenewNow runs one renewal pass, then logs the CAs close to expiry (once each). While
+// a failed live apply is pending, the pass is that apply instead: renewing under the
+// CAs still loaded would sign leaves under CAs the disk may no longer hold.
 func (s *Server) RenewNow() error {
+	if s.applyPending.Load() {
+		s.RecordChanged()
+		return nil
+	}
 	s.pkiMu.Lock()
 	changed, err := s.ensureLeaves("renewer")
 	if err == nil && len(changed) > 0 {

@@ -63,9 +63,11 @@ type Server struct {
 	// datastore or network call.
 	pkiMu   sync.Mutex
 	stateMu sync.Mutex
-	// cas are the loaded CAs; a loaded map is never changed, only replaced.
-	cas atomic.Pointer[map[certs.CAID]*pki.CA]
-	tok token.Token
+	// live is the signing state: the loaded CAs and the supervisor's serving
+	// certificate, replaced together (see setLive); a loaded state is never changed.
+	live   atomic.Pointer[liveState]
+	liveMu sync.Mutex
+	tok    token.Token
 	// tokenFromFile: the server password came from <dd>/server/token, not --token.
 	tokenFromFile bool
 	// rotating: this start follows `certificate rotate` (the force-restart marker).
@@ -76,8 +78,14 @@ type Server struct {
 	// firstStart is set while this server creates the cluster's bootstrap data.
 	firstStart bool
 
-	servingCertV atomic.Pointer[tls.Certificate]
-	nodes        *nodeauth.Registry
+	// applyCh asks the live apply to converge to the record (RecordChanged);
+	// applyPending is set while a failed apply waits for its retry.
+	applyCh      chan struct{}
+	applyPending atomic.Bool
+	// etcdCAsRunning are the etcd CA files the embedded member was started with.
+	etcdCAsRunning map[string][]byte
+
+	nodes *nodeauth.Registry
 
 	// creds is the passwd this server authenticates with: the bootstrap record's,
 	// switched with the record (settlePasswd, token rotate), not re-read from disk.
@@ -111,6 +119,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		layout:  datadir.Layout{Root: cfg.DataDir},
 		metrics: metrics.New(),
 		fatal:   make(chan error, 1),
+		applyCh: make(chan struct{}, 1),
 	}
 	s.audit = audit.Open(s.layout.AuditLog())
 	if cfg.Token != "" {
@@ -219,8 +228,8 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	if err := s.loadServingCert(); err != nil {
 		return err
 	}
-	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck, Authenticate: s.authenticate})
-	s.sup.SetCertificate(s.servingCert())
+	s.sup = supervisor.New(supervisor.Config{Log: s.log, Clock: s.clock, CACerts: s.serverCABundle, Ready: s.readyCheck,
+		Authenticate: s.authenticate, Certificate: s.servingCert})
 	s.handlers().Register()
 
 	bctx, cancel := context.WithCancel(context.Background())
@@ -234,6 +243,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	}
 	s.goBackground(func() error { s.renewLoop(bctx); return nil }, "renewer")
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
+	s.goBackground(func() error { s.liveApplyLoop(bctx); return nil }, "live apply")
 	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
 	s.goBackground(func() error { s.nodes.WatchNodes(bctx); return nil }, "node password watch")
 	if s.embedded != nil {
@@ -364,14 +374,16 @@ func (s *Server) loadServingCert() error {
 	if err != nil {
 		return fmt.Errorf("load supervisor certificate %s: %w", crt, err)
 	}
-	s.servingCertV.Store(&c)
-	if s.sup != nil {
-		s.sup.SetCertificate(&c)
-	}
+	s.setLive(nil, &c)
 	return nil
 }
 
-func (s *Server) servingCert() *tls.Certificate { return s.servingCertV.Load() }
+func (s *Server) servingCert() *tls.Certificate {
+	if l := s.live.Load(); l != nil {
+		return l.serving
+	}
+	return nil
+}
 
 // selfRecord is what this server owns.
 func (s *Server) selfRecord() nodeclaim.Server {

@@ -39,6 +39,10 @@ type Config struct {
 	// Limits are the server's timeouts and header bound (httplimit.Default for zero
 	// fields).
 	Limits httplimit.Limits
+	// Certificate, when set, is asked for the serving certificate at each handshake
+	// instead of the one SetCertificate stores: a server that swaps its certificate
+	// together with other state keeps both behind one pointer.
+	Certificate func() *tls.Certificate
 }
 
 // Supervisor is the HTTPS API.
@@ -71,14 +75,19 @@ func (s *Supervisor) Handle(pattern string, h http.Handler) { s.mux.Handle(patte
 func (s *Supervisor) SetCertificate(c *tls.Certificate) { s.cert.Store(c) }
 
 // Certificate returns the serving certificate.
-func (s *Supervisor) Certificate() *tls.Certificate { return s.cert.Load() }
+func (s *Supervisor) Certificate() *tls.Certificate {
+	if s.cfg.Certificate != nil {
+		return s.cfg.Certificate()
+	}
+	return s.cert.Load()
+}
 
 // TLSConfig is the server-side TLS configuration.
 func (s *Supervisor) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-			c := s.cert.Load()
+			c := s.Certificate()
 			if c == nil {
 				return nil, errors.New("no serving certificate yet")
 			}

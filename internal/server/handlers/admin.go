@@ -26,8 +26,8 @@ const maxRotateBody = 4 << 20
 // dry-run, stores the new record with a compare-and-swap, keeping the CA files it
 // replaces (rotation.Kept) in the same transaction. With rollback=true the kept files
 // are what is validated (rotation.ValidateRollback) and stored, and the files they
-// replace are kept in turn. Disks are not changed: every server takes the new files at
-// its next start.
+// replace are kept in turn. The disks are changed by the live apply: this server's,
+// asked here, and every other server's, which watch the record.
 func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	force := r.URL.Query().Get("force") == "true"
 	dryRun := r.URL.Query().Get("dry-run") == "true"
@@ -107,7 +107,7 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		s.datastoreError(w, r, code, err)
 		return
 	}
-	s.Metrics.RestartRequired.Set(1)
+	s.Host.RecordChanged()
 	out.Saved = true
 	caller := supervisor.CallerFrom(ctx)
 	for _, c := range res.Changes {
@@ -126,8 +126,8 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		}
 		s.writeAudit(e)
 	}
-	s.Log.Warn("new CA material saved to the datastore; restart kpki on all nodes, servers first, then agents",
-		"files", len(res.Changes), "tokens-change", res.TokensChange)
+	s.Log.Info("new CA material saved to the datastore; every server applies it live",
+		"files", len(res.Changes), "tokens-change", res.TokensChange, "forced", force)
 	supervisor.JSON(w, out)
 }
 

@@ -61,6 +61,10 @@ type Host interface {
 	// WriteTokenFiles rewrites the token files (and everything else derived) from the
 	// server's current state.
 	WriteTokenFiles() error
+	// RecordChanged tells the server that this server changed the bootstrap record: it
+	// converges to the record in the datastore, in the background, as it does when
+	// another server changes it.
+	RecordChanged()
 }
 
 // API serves the /v1-kpki endpoints.

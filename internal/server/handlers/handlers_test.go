@@ -57,6 +57,8 @@ type fakeHost struct {
 	password string
 	creds    passwd.File
 	rotated  int
+	// recordChanged counts RecordChanged calls.
+	recordChanged int
 }
 
 func (h *fakeHost) CAs() map[certs.CAID]*pki.CA { return h.cas }
@@ -79,6 +81,12 @@ func (h *fakeHost) TokenRotated(pw string, creds passwd.File) {
 	defer h.mu.Unlock()
 	h.password, h.creds = pw, creds
 	h.rotated++
+}
+
+func (h *fakeHost) RecordChanged() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recordChanged++
 }
 
 func (h *fakeHost) PasswdFile() string       { return filepath.Join(h.dir, "passwd") }
@@ -495,6 +503,9 @@ func TestRotateCARefusesBadInput(t *testing.T) {
 	}
 	if n := e.store.Calls("update"); n != 0 {
 		t.Errorf("%d record updates for refused rotations", n)
+	}
+	if e.host.recordChanged != 0 {
+		t.Errorf("refused rotations asked the server %d times to apply the record", e.host.recordChanged)
 	}
 }
 

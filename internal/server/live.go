@@ -1,0 +1,339 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/kpki/kpki/internal/bootstrap"
+	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/pki"
+	"github.com/kpki/kpki/internal/rotation"
+	"github.com/kpki/kpki/internal/server/record"
+)
+
+// Live apply of a changed bootstrap record. Whatever changed the record (rotate-ca on
+// this server or another one, a rollback, a record restored by hand), a running server
+// converges to it: the CA files from the record (written as one journalled group, as at
+// start-up), every leaf the planner finds signed by a CA that is no longer the current
+// one re-issued, the derived files rewritten, and the signing state (CAs and serving
+// certificate) swapped as one. The embedded etcd member is restarted in process when
+// its CAs changed, one server of the cluster at a time. A failure leaves every file old
+// or new (each write is atomic), sets kpki_restart_required and is retried; a restart
+// converges the same way (start-up's reconcile and re-plan).
+
+const (
+	// liveRetryInterval and liveRetries bound the retries of a failed apply; the
+	// renewer's passes retry it too while it is pending, and the next change of the
+	// record starts again.
+	liveRetryInterval = 10 * time.Second
+	liveRetries       = 5
+
+	// etcdRestartLock is the lock (under datastore.LockPrefix) one server holds while
+	// its embedded member restarts: the cluster loses at most one member at a time.
+	etcdRestartLock = "etcd-restart"
+	// etcdLockTTL outlives a member restart; a holder that died frees the lock after it.
+	etcdLockTTL = 2 * time.Minute
+	// etcdLockWait is how long a server waits for the others' restarts.
+	etcdLockWait = 10 * time.Minute
+	etcdLockPoll = 500 * time.Millisecond
+	// etcdHealthWait bounds the wait for the restarted member to serve the cluster.
+	etcdHealthWait = time.Minute
+)
+
+// errRecordGone: the datastore holds no record for this server's password any more
+// (the token was rotated on another server). Only a restart with the new token can
+// read it.
+var errRecordGone = errors.New("no bootstrap data for this server's token in the datastore (was the token rotated on another server?)")
+
+// liveState is what the supervisor and the signing handlers read: the loaded CAs and
+// the serving certificate, replaced together.
+type liveState struct {
+	cas     map[certs.CAID]*pki.CA
+	serving *tls.Certificate
+}
+
+// setLive replaces the CAs, the serving certificate or both (nil keeps the current
+// one) with one pointer swap: a request sees the old pair or the new pair.
+func (s *Server) setLive(cas map[certs.CAID]*pki.CA, serving *tls.Certificate) {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	var next liveState
+	if cur := s.live.Load(); cur != nil {
+		next = *cur
+	}
+	if cas != nil {
+		next.cas = cas
+	}
+	if serving != nil {
+		next.serving = serving
+	}
+	s.live.Store(&next)
+}
+
+// RecordChanged asks the live apply to converge to the record in the datastore. It
+// returns at once; applies run one at a time, and requests made while one runs are
+// folded into one more.
+func (s *Server) RecordChanged() {
+	select {
+	case s.applyCh <- struct{}{}:
+	default:
+	}
+}
+
+// liveDecision is what applying a new record asks of the running server beyond its
+// files: decided by decideLive from the record's continuity and the etcd member.
+type liveDecision struct {
+	// restartEtcd: the embedded member runs with CA files other than those now on
+	// disk and must restart to use them.
+	restartEtcd bool
+	// disruptive: the new CA set breaks continuity (see rotation.Continuity).
+	disruptive bool
+}
+
+// decideLive decides on a continuity and the etcd CA files the running member was
+// started with (running) and those now on disk (onDisk), by CA file name. Only an
+// embedded member is ever restarted, and only when one of its CAs (certs.CASpec.Etcd)
+// differs: leaf renewals alone never restart it.
+func decideLive(c rotation.Continuity, embedded bool, running, onDisk map[string][]byte) liveDecision {
+	d := liveDecision{disruptive: c.Disruptive()}
+	if !embedded {
+		return d
+	}
+	for _, spec := range certs.CAs {
+		if spec.Etcd && !bytes.Equal(running[spec.CertFile], onDisk[spec.CertFile]) {
+			d.restartEtcd = true
+		}
+	}
+	return d
+}
+
+// etcdCAFiles reads the embedded etcd's CA certificate files.
+func (s *Server) etcdCAFiles() map[string][]byte {
+	out := map[string][]byte{}
+	for _, c := range certs.CAs {
+		if c.Etcd {
+			data, _ := os.ReadFile(s.layout.TLS(c.CertFile))
+			out[c.CertFile] = data
+		}
+	}
+	return out
+}
+
+// disruptionAdvice says what clients must do after a CA set that breaks continuity.
+func disruptionAdvice(c rotation.Continuity) string {
+	var parts []string
+	for _, id := range c.Broken {
+		switch id {
+		case certs.ServerCA:
+			parts = append(parts, "agents and clients no longer trust the servers' certificates: every agent must re-join with the new agent token (kpki token, or the agent-token file), and kubeconfigs must be taken anew")
+		case certs.ClientCA:
+			parts = append(parts, "client certificates signed by the old client CA are refused: agents re-join to get new ones, users take the new admin kubeconfig")
+		default:
+			parts = append(parts, fmt.Sprintf("certificates signed by the old %s are no longer trusted", id))
+		}
+	}
+	if c.ServiceKeyBroken {
+		parts = append(parts, "service-account tokens signed with the old key are refused until they are issued again")
+	}
+	if c.TokensChange {
+		parts = append(parts, "the join tokens changed (new CA hash "+c.NewCAHash+"): give the new tokens to every node that joins")
+	}
+	return strings.Join(parts, "; ")
+}
+
+// liveApplyLoop runs the applies RecordChanged asks for, one at a time, and retries a
+// failed one liveRetries times, every liveRetryInterval.
+func (s *Server) liveApplyLoop(ctx context.Context) {
+	var retry clock.Ticker
+	attempts := 0
+	stopRetry := func() {
+		if retry != nil {
+			retry.Stop()
+			retry = nil
+		}
+	}
+	defer stopRetry()
+	for {
+		var retryC <-chan time.Time
+		if retry != nil {
+			retryC = retry.C()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.applyCh:
+			attempts = 0
+		case <-retryC:
+		}
+		err := s.applyLive(ctx)
+		switch {
+		case err == nil:
+			stopRetry()
+			continue
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, errRecordGone):
+			stopRetry()
+			s.applyPending.Store(false)
+			s.flagRestart(err.Error())
+			continue
+		}
+		attempts++
+		s.metrics.LiveApply.WithLabelValues("failed").Inc()
+		s.metrics.RestartRequired.Set(1)
+		s.applyPending.Store(true)
+		if attempts < liveRetries {
+			s.log.Error("applying the new bootstrap data failed; every file is either old or new; retrying", "error", err,
+				"attempt", attempts, "retry-in", liveRetryInterval)
+			if retry == nil {
+				retry = s.clock.NewTicker(liveRetryInterval)
+			}
+			continue
+		}
+		stopRetry()
+		s.log.Error("applying the new bootstrap data failed again; the renewer retries on each pass, the next change of the record starts anew, and a restart of kpki converges",
+			"error", err, "attempts", attempts)
+	}
+}
+
+// applyLive converges this running server to the record in the datastore.
+func (s *Server) applyLive(ctx context.Context) error {
+	rec, rev, err := record.Read(ctx, s.store, s.Password(), nil)
+	if errors.Is(err, record.ErrDifferentToken) || (err == nil && rec == nil) {
+		return errRecordGone
+	}
+	if err != nil {
+		return err
+	}
+	d, cont, changed, err := s.applyFiles(rec)
+	if err != nil {
+		return err
+	}
+	s.own.Set(rev)
+	if d.restartEtcd {
+		if err := s.restartEtcd(ctx, cont.Disruptive()); err != nil {
+			return err
+		}
+	}
+	s.applyPending.Store(false)
+	s.metrics.RestartRequired.Set(0)
+	if len(changed) == 0 && !d.restartEtcd {
+		return nil
+	}
+	s.metrics.LiveApply.WithLabelValues("ok").Inc()
+	attrs := []any{"revision", rev, "cas", cont.Changed, "service-key", cont.ServiceKey, "files", len(changed),
+		"etcd-restarted", d.restartEtcd, "tokens-change", cont.TokensChange}
+	if d.disruptive {
+		s.metrics.CADisruptive.Set(1)
+		s.log.Warn("applied a new CA set that breaks continuity (a new root, rotate-ca --force): disruptive; "+disruptionAdvice(cont),
+			append(attrs, "broken", cont.Broken)...)
+		return nil
+	}
+	if cont.CAsChanged() || cont.ServiceKey {
+		s.metrics.CADisruptive.Set(0)
+	}
+	s.log.Info("applied the new bootstrap data live; no restart needed", attrs...)
+	return nil
+}
+
+// applyFiles writes rec's files, brings every leaf and derived file up to date under
+// its CAs and swaps the signing state; it returns what else is to be done, how the new
+// set relates to the one on disk before, and the files it changed.
+func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Continuity, []string, error) {
+	s.pkiMu.Lock()
+	defer s.pkiMu.Unlock()
+	writes, disk, err := s.planRecord(rec)
+	if err != nil {
+		return liveDecision{}, rotation.Continuity{}, nil, err
+	}
+	cont := rotation.Classify(diskRecord(disk), rec, s.clock.Now())
+	changed, err := s.applyWrites(writes, false)
+	if err != nil {
+		return liveDecision{}, cont, nil, err
+	}
+	if len(changed) > 0 {
+		s.log.Info("wrote the bootstrap data's files", "files", changed)
+	}
+	cas, err := s.readCAs()
+	if err != nil {
+		return liveDecision{}, cont, changed, err
+	}
+	if err := s.ensureServiceKey(); err != nil {
+		return liveDecision{}, cont, changed, err
+	}
+	leaves, err := s.ensureLeavesUnder("ca-rotation", cas)
+	if err != nil {
+		return liveDecision{}, cont, changed, err
+	}
+	changed = append(changed, leaves...)
+	if err := s.writeDerivedUnder(cas); err != nil {
+		return liveDecision{}, cont, changed, err
+	}
+	crt, key := s.leafPaths(certs.ServerNode, "serving-supervisor")
+	serving, err := tls.LoadX509KeyPair(crt, key)
+	if err != nil {
+		return liveDecision{}, cont, changed, fmt.Errorf("load supervisor certificate %s: %w", crt, err)
+	}
+	s.setLive(cas, &serving)
+	s.updateExpiryMetrics()
+	return decideLive(cont, s.embedded != nil, s.etcdCAsRunning, s.etcdCAFiles()), cont, changed, nil
+}
+
+// diskRecord is the record the files on disk make (timestamps left out).
+func diskRecord(disk map[string]bootstrap.DiskFile) *bootstrap.Record {
+	rec := bootstrap.NewRecord()
+	for _, f := range bootstrap.Files {
+		if d, ok := disk[f.Path]; ok {
+			rec.Set(f.Field, bootstrap.File{Content: d.Content})
+		}
+	}
+	return rec
+}
+
+// restartEtcd restarts the embedded member with its new certificates while holding
+// the cluster's etcd restart lock, and releases it once the member serves again.
+func (s *Server) restartEtcd(ctx context.Context, disruptive bool) error {
+	lock, err := s.store.Lock(ctx, etcdRestartLock, s.r.nodeName, etcdLockTTL, etcdLockWait, etcdLockPoll, s.clock)
+	if err != nil {
+		return fmt.Errorf("etcd CAs changed, but the etcd restart lock was not taken: %w", err)
+	}
+	if disruptive {
+		s.log.Warn("the etcd CAs are a new root: until every server has restarted its member, members under the old and the new CAs do not trust each other")
+	}
+	s.log.Info("restarting embedded etcd with its new certificates", "lock", lock.Key)
+	if err := s.embedded.Restart(ctx); err != nil {
+		return err
+	}
+	s.etcdCAsRunning = s.etcdCAFiles()
+	healthy := s.waitEtcdHealthy(ctx)
+	if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
+		s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
+	}
+	if healthy != nil {
+		return fmt.Errorf("embedded etcd restarted but does not serve the cluster: %w", healthy)
+	}
+	s.log.Info("embedded etcd restarted with its new certificates and is healthy")
+	return nil
+}
+
+// waitEtcdHealthy polls the datastore through the restarted member until it answers
+// with a leader, for at most etcdHealthWait.
+func (s *Server) waitEtcdHealthy(ctx context.Context) error {
+	deadline := s.clock.Now().Add(etcdHealthWait)
+	for {
+		err := s.store.Healthy(ctx, 3*time.Second)
+		if err == nil || !s.clock.Now().Before(deadline) {
+			return err
+		}
+		if serr := clock.Sleep(ctx, s.clock, etcdLockPoll); serr != nil {
+			return serr
+		}
+	}
+}

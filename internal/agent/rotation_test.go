@@ -307,7 +307,7 @@ func TestUnusableStoredTrust(t *testing.T) {
 	server, _ := fx.fake.cas()
 	other := fx.fake.selfSignedCA("other")
 	for name, data := range map[string][]byte{
-		"garbage":            []byte("garbage"),
+		"garbage":           []byte("garbage"),
 		"another cluster's": other.BundlePEM,
 	} {
 		if err := os.WriteFile(fx.path(TrustFile), data, 0o600); err != nil {

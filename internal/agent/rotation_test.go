@@ -42,6 +42,17 @@ func (fx *fixture) crossSign(old *pki.CA) rotation {
 
 func (fx *fixture) apply(r rotation) { fx.fake.setCAs(r.server, r.client) }
 
+// joinThenRotate joins with an agent that then stops, and cross-signs and applies a
+// rotation of the server CA it joined under.
+func (fx *fixture) joinThenRotate() (*pki.CA, rotation) {
+	fx.t.Helper()
+	fx.join()
+	old, _ := fx.fake.cas()
+	r := fx.crossSign(old)
+	fx.apply(r)
+	return old, r
+}
+
 // assertUnder checks that every leaf is signed by the CAs the fake now serves and that
 // serving-kubelet.crt carries serverChain after its leaf.
 func (fx *fixture) assertUnder(what string, serverChain []*x509.Certificate) {
@@ -154,10 +165,7 @@ func TestCrossSignedCARotation(t *testing.T) {
 // certificate the token names, and the stored trust starts there.
 func TestNewTokenAfterRotation(t *testing.T) {
 	fx := newFixture(t)
-	fx.join()
-	oldServer, _ := fx.fake.cas()
-	r := fx.crossSign(oldServer)
-	fx.apply(r)
+	_, r := fx.joinThenRotate()
 	newHash, _ := pki.CAHash(r.server.BundlePEM)
 	for _, tc := range []struct {
 		hash         string
@@ -184,10 +192,7 @@ func TestNewTokenAfterRotation(t *testing.T) {
 // up when it starts again with the token it joined with.
 func TestAgentDownDuringRotation(t *testing.T) {
 	fx := newFixture(t)
-	fx.join()
-	oldServer, _ := fx.fake.cas()
-	r := fx.crossSign(oldServer)
-	fx.apply(r)
+	oldServer, r := fx.joinThenRotate()
 	b, _ := fx.agent()
 	res, err := b.RunOnce(context.Background())
 	if err != nil {

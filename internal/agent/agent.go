@@ -8,6 +8,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,9 @@ const DefaultUser = "node"
 const (
 	NodePasswordFile = "node-password"
 	LockFile         = "kpki-agent.lock"
+	// TrustFile holds the server CA roots the agent trusts and the cross-signed
+	// certificates that vouched for the later ones (trust.Store).
+	TrustFile = "server-ca-roots.pem"
 )
 
 // Config is what `kpki agent` is given.
@@ -126,8 +130,8 @@ type Agent struct {
 
 	lock *datadir.FileLock
 	// trust is the server CA trust of the last pass of this process: later passes verify
-	// the server against its anchor and accept a changed CA only when it chains to it (or
-	// the token names it). nil until the first pass has pinned the CA.
+	// the server against its roots and accept a changed CA only when it chains to one of
+	// them (or the token names it). nil until the first pass has pinned or resumed it.
 	trust       *trust.Trust
 	warnedShort bool
 
@@ -373,6 +377,23 @@ func (a *Agent) recordPass(res Result, err error) {
 	} else {
 		m.Passes.WithLabelValues("ok").Inc()
 		m.LastSuccess.Set(float64(a.clock.Now().Unix()))
+	}
+	switch {
+	case err == nil:
+		m.CAUntrusted.Set(0)
+	case errors.Is(err, ErrCAUntrusted):
+		m.CAUntrusted.Set(1)
+		var roots []*x509.Certificate
+		if a.trust != nil {
+			roots = a.trust.Roots
+		}
+		a.log.Error("the server presents a CA this agent does not trust: its certificates are kept and no new root is trusted. "+
+			"If the cluster CA was replaced without a cross-signed root (rotate-ca --force), give this agent the cluster's current agent token "+
+			"(kpki token show on a server) and restart it",
+			"server", a.base.String(), "trusted-roots", rootNames(roots), "error", err)
+	}
+	if a.trust != nil {
+		m.TrustedRoots.Set(float64(len(a.trust.Roots)))
 	}
 	m.Signed.WithLabelValues("issue").Add(float64(len(res.Issued)))
 	m.Signed.WithLabelValues("renew").Add(float64(len(res.Renewed)))

@@ -96,7 +96,7 @@ var agentKubeconfigs = []struct{ File, Leaf string }{
 
 // allFiles are the files a joined agent has, relative to <dd>/agent.
 func allFiles() []string {
-	files := []string{serverCAFile, clientCAFile, NodePasswordFile, LockFile}
+	files := []string{serverCAFile, clientCAFile, NodePasswordFile, LockFile, TrustFile}
 	for _, l := range agentLeaves() {
 		files = append(files, l.Name+".crt", l.Name+".key")
 	}
@@ -501,74 +501,6 @@ func TestCAChangeReissuesLeaves(t *testing.T) {
 		}
 		if !bytes.Equal(readFile(t, fx.path(l.Name+".key")), keys[l.Name]) {
 			t.Errorf("%s: key changed", l.Name)
-		}
-	}
-}
-
-func TestCrossSignedCARotation(t *testing.T) {
-	fx := newFixture(t)
-	a, buf := fx.join()
-	oldServer, _ := fx.fake.cas()
-
-	// rotate-default-ca-certs.sh: new root, cross-signed by the old one, new CA under it.
-	newRoot := fx.fake.selfSignedCA("kpki-server-root")
-	cross, err := fx.fake.caIss.CrossSign(oldServer, newRoot.Cert, 10*365*day)
-	if err != nil {
-		t.Fatal(err)
-	}
-	newServer := fx.fake.signedCA(newRoot, "kpki-server-ca", newRoot.Cert, cross, oldServer.Cert)
-	fx.fake.setCAs(newServer, fx.fake.selfSignedCA("kpki-client-ca"))
-
-	// The running agent follows the rotation: the new CA chains to the one it trusted.
-	// It keeps the chain to its anchor, the old CA: new CA, cross-signed root, old CA.
-	res, err := a.RunOnce(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Renewed) != 4 {
-		t.Errorf("renewed %v, want 4", res.Renewed)
-	}
-	if !strings.Contains(buf.String(), "the cluster CA changed") {
-		t.Errorf("CA change not logged:\n%s", buf)
-	}
-	kept := pki.EncodeCerts(newServer.Cert, cross, oldServer.Cert)
-	if got := readFile(t, fx.path(serverCAFile)); !bytes.Equal(got, kept) {
-		t.Errorf("%s holds %d certificates, want the chain new CA, cross-signed root, old CA", serverCAFile, len(readCerts(t, fx.path(serverCAFile))))
-	}
-	if crt := readFile(t, fx.path("serving-kubelet.crt")); !bytes.HasSuffix(crt, kept) {
-		t.Error("serving-kubelet.crt does not end with the kept chain")
-	}
-
-	// A restarted agent with the old token refuses the new CA.
-	b, _ := fx.agent()
-	_, err = b.RunOnce(context.Background())
-	newHash, _ := pki.CAHash(newServer.BundlePEM)
-	oldTok, _ := token.Parse(fx.cfg.Token)
-	want := fmt.Sprintf("token CA hash does not match the Cluster CA certificate hash: %s != %s", oldTok.CAHash, newHash)
-	if err == nil || err.Error() != want {
-		t.Errorf("restart with the old token: %v, want %q", err, want)
-	}
-
-	// With the new token (kpki's, the new root's hash, or the script's, the first
-	// certificate's), the agent keeps the chain to the certificate the token names.
-	for _, tc := range []struct {
-		hash  string
-		chain []byte
-	}{
-		{newHash, pki.EncodeCerts(newServer.Cert, newRoot.Cert)},
-		{sha256Hex(newServer.Cert.Raw), pki.EncodeCerts(newServer.Cert)},
-	} {
-		fx.cfg.Token = token.Format(tc.hash, "node", agentPassword)
-		c, _ := fx.agent()
-		res, err := c.RunOnce(context.Background())
-		if err != nil {
-			t.Fatalf("new token %s: %v", tc.hash, err)
-		}
-		if !bytes.Equal(readFile(t, fx.path(serverCAFile)), tc.chain) {
-			t.Errorf("new token %s: %s is not the chain to the certificate it names", tc.hash, serverCAFile)
-		}
-		if res.Signed() != 0 || !slices.Equal(res.Rebundled, []string{fx.path("serving-kubelet.crt")}) {
-			t.Errorf("new token %s: %+v, want serving-kubelet.crt rebundled and nothing signed", tc.hash, res)
 		}
 	}
 }

@@ -42,6 +42,7 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	for _, step := range []func() error{
+		func() error { return a.writeTrust(&res) },
 		func() error { return a.writeCABundles(cas, &res) },
 		func() error { return a.ensureLeaves(ctx, c, cas, pw, &res) },
 		func() error { return a.writeKubeconfigs(&res) },
@@ -54,10 +55,10 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
-// connect pins or follows the server CA, opens the verified client and fetches the CA
-// bundles; the trust is accepted only once both bundles agree with it. The server CA
-// the node keeps is the verified chain to the anchor, never the other certificates of
-// the served bundle.
+// connect pins, resumes or follows the server CA, opens the verified client and fetches
+// the CA bundles; the trust is accepted only once both bundles agree with it. The server
+// CA the node keeps is the verified chain to the anchor and the other trusted roots the
+// served bundle still holds (trust.TrustedPEM), never its other certificates.
 func (a *Agent) connect(ctx context.Context) (*api.Client, map[certs.CAID]caFile, error) {
 	tr, err := a.fetchTrust(ctx)
 	if err != nil {
@@ -82,7 +83,7 @@ func (a *Agent) connect(ctx context.Context) (*api.Client, map[certs.CAID]caFile
 	}
 	a.acceptTrust(tr)
 	return c, map[certs.CAID]caFile{
-		certs.ServerCA: {certs.CA(certs.ServerCA).CertFile, tr.PEM, tr.CA()},
+		certs.ServerCA: {certs.CA(certs.ServerCA).CertFile, tr.TrustedPEM(), tr.CA()},
 		certs.ClientCA: {certs.CA(certs.ClientCA).CertFile, clientPEM, &pki.CA{Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM}},
 	}, nil
 }

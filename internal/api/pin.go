@@ -31,6 +31,24 @@ func (o FetchOptions) now() clock.Clock {
 // trust the token names in the answer (trust.Pin). Everything the node sends afterwards
 // goes over TLS verified against that trust alone (New with Config.Trust).
 func FetchPinnedCA(ctx context.Context, baseURL string, tok token.Token, o FetchOptions) (*trust.Trust, error) {
+	return firstContact(ctx, baseURL, o, func(body []byte) (*trust.Trust, error) {
+		return trust.Pin(body, tok, o.now().Now())
+	})
+}
+
+// ResumeCA is the first contact of an agent that may have kept its trust (stored, from
+// trust.Load; nil when it has none): as FetchPinnedCA, the answer decided by
+// trust.Resume, so that a body chaining to a stored root is followed and a cross-signed
+// rotation moves the trust to the new root.
+func ResumeCA(ctx context.Context, baseURL string, tok token.Token, stored *trust.Trust, o FetchOptions) (*trust.Trust, error) {
+	return firstContact(ctx, baseURL, o, func(body []byte) (*trust.Trust, error) {
+		return trust.Resume(body, tok, stored, o.now().Now())
+	})
+}
+
+// firstContact GETs /cacerts without verifying the server and decides the trust of the
+// answer with decide.
+func firstContact(ctx context.Context, baseURL string, o FetchOptions, decide func(body []byte) (*trust.Trust, error)) (*trust.Trust, error) {
 	c, err := New(Config{URL: baseURL, Transport: o.Transport, MaxReply: 1 << 20})
 	if err != nil {
 		return nil, err
@@ -40,7 +58,7 @@ func FetchPinnedCA(ctx context.Context, baseURL string, tok token.Token, o Fetch
 	if err != nil {
 		return nil, err
 	}
-	tr, err := trust.Pin(body, tok, o.now().Now())
+	tr, err := decide(body)
 	if err != nil {
 		return nil, c.trustError(err)
 	}

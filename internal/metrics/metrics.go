@@ -116,6 +116,10 @@ type Agent struct {
 	Passes *prometheus.CounterVec
 	// LastSuccess is the Unix time of the last pass that succeeded.
 	LastSuccess prometheus.Gauge
+	// CAUntrusted is 1 while the server presents a CA the agent does not trust.
+	CAUntrusted prometheus.Gauge
+	// TrustedRoots counts the server CA roots the agent trusts.
+	TrustedRoots prometheus.Gauge
 }
 
 // NewAgent creates and registers the agent's metrics.
@@ -135,6 +139,14 @@ func NewAgent() *Agent {
 			Name: "kpki_agent_last_success_timestamp_seconds",
 			Help: "Unix time of this agent's last successful certificate pass.",
 		}),
+		CAUntrusted: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kpki_agent_ca_untrusted",
+			Help: "1 while the server presents a CA that chains to no root this agent trusts (a CA replaced with rotate-ca --force): the agent keeps its certificates and needs the cluster's current token and a restart. 0 after a pass that verified the server.",
+		}),
+		TrustedRoots: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "kpki_agent_trusted_roots",
+			Help: "Server CA roots this agent trusts: the one its token pinned and each added by a cross-signed rotation.",
+		}),
 	}
 	for _, a := range []string{"issue", "renew"} {
 		m.Signed.WithLabelValues(a)
@@ -142,7 +154,7 @@ func NewAgent() *Agent {
 	for _, r := range []string{"ok", "error"} {
 		m.Passes.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.Signed, m.Passes, m.LastSuccess)
+	m.Registry.MustRegister(m.CertExpiry, m.Signed, m.Passes, m.LastSuccess, m.CAUntrusted, m.TrustedRoots)
 	return m
 }
 

@@ -326,6 +326,33 @@ func TestExpiredChainsRefused(t *testing.T) {
 	}
 }
 
+// checkRoots asserts that tr trusts exactly roots, and its pool holds them alone.
+func checkRoots(t *testing.T, tr *Trust, roots ...*x509.Certificate) {
+	t.Helper()
+	if !SameCerts(tr.Roots, roots) {
+		t.Errorf("roots %s, want %s", names(tr.Roots), names(roots))
+	}
+	want := x509.NewCertPool()
+	for _, r := range roots {
+		want.AddCert(r)
+	}
+	if !tr.Pool().Equal(want) {
+		t.Errorf("the pool is not the roots %s", names(roots))
+	}
+}
+
+// followed is checkTrust for a trust that moved along a rotation: its anchor is the last
+// certificate of chain and its roots are roots.
+func followed(t *testing.T, tr *Trust, roots []*x509.Certificate, chain ...*x509.Certificate) {
+	t.Helper()
+	if !tr.Anchor.Equal(chain[len(chain)-1]) || !SameCerts(tr.Chain, chain) || !bytes.Equal(tr.PEM, pki.EncodeCerts(chain...)) {
+		t.Errorf("anchor %q chain %s, want chain %s", tr.Anchor.Subject.CommonName, names(tr.Chain), names(chain))
+	}
+	checkRoots(t, tr, roots...)
+}
+
+// TestFollowCrossSignedRotation: a node follows a cross-signed rotation and moves to the
+// new root, which the old one vouched for; the old root stays trusted.
 func TestFollowCrossSignedRotation(t *testing.T) {
 	f := newFixture(t)
 	old := f.root("kpki-server-ca@1", 10*365*day)
@@ -342,29 +369,64 @@ func TestFollowCrossSignedRotation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("pin %q: the cross-signed rotation is refused: %v", pin, err)
 		}
-		checkTrust(t, next, old.Cert, newCA.Cert, cross, old.Cert)
+		followed(t, next, []*x509.Certificate{old.Cert, newRoot.Cert}, newCA.Cert, newRoot.Cert)
 		if !cur.Changed(next) {
 			t.Error("Changed reports no change for a rotated CA")
 		}
 		if next.Pinned != cur.Pinned {
 			t.Error("Follow changed Pinned")
 		}
+		if got, want := next.TrustedPEM(), pki.EncodeCerts(newCA.Cert, newRoot.Cert, old.Cert); !bytes.Equal(got, want) {
+			t.Errorf("TrustedPEM is not the new chain and the old root")
+		}
+		if !bytes.Equal(next.Store(), pki.EncodeCerts(old.Cert, cross, newRoot.Cert)) {
+			t.Error("Store is not the old root, the cross-signed certificate and the new root")
+		}
 		again, err := next.Follow(rotatedPEM, tok(t, pin), start.Add(2*day))
 		if err != nil || next.Changed(again) {
 			t.Errorf("the same bundle again: %v, changed %v", err, err == nil && next.Changed(again))
 		}
+
+		// Rollback: the old CA is served again, and followed; the new root stays.
+		back, err := next.Follow(oldPEM, tok(t, pin), start.Add(3*day))
+		if err != nil {
+			t.Fatalf("pin %q: rollback refused: %v", pin, err)
+		}
+		followed(t, back, []*x509.Certificate{old.Cert, newRoot.Cert}, old.Cert)
+		if !bytes.Equal(back.TrustedPEM(), oldPEM) {
+			t.Error("after the rollback TrustedPEM is not the old CA alone")
+		}
+		// And forward again.
+		if fwd, err := back.Follow(rotatedPEM, tok(t, pin), start.Add(4*day)); err != nil {
+			t.Errorf("rotation after the rollback: %v", err)
+		} else {
+			followed(t, fwd, []*x509.Certificate{old.Cert, newRoot.Cert}, newCA.Cert, newRoot.Cert)
+		}
+
+		// The next cross-signed rotation drops the first root from the body: a node
+		// that moved to the second root follows.
+		second, ca3, root3, _ := f.crossSigned(newRoot)
+		third, err := next.Follow(pki.EncodeCerts(second...), tok(t, pin), start.Add(5*day))
+		if err != nil {
+			t.Fatalf("pin %q: the second rotation is refused: %v", pin, err)
+		}
+		followed(t, third, []*x509.Certificate{old.Cert, newRoot.Cert, root3.Cert}, ca3.Cert, root3.Cert)
+		// A node that had not moved (the anchor the old root alone) does not.
+		if _, err := cur.Follow(pki.EncodeCerts(second...), tok(t, pin), start.Add(5*day)); !errors.Is(err, ErrUntrustedChange) {
+			t.Errorf("the second rotation followed from the first root alone: %v", err)
+		}
 	}
 
-	// A node restarted with the token of before the rotation (the legacy hash of the
-	// one-certificate file) no longer matches.
+	// Pinned on first contact with the old token of before the rotation (the legacy hash
+	// of the one-certificate file), without stored trust: no match.
 	_, err := Pin(rotatedPEM, tok(t, Hash(oldPEM)), start)
 	want := fmt.Sprintf("token CA hash does not match the Cluster CA certificate hash: %s != %s", Hash(oldPEM), Hash(newRoot.Cert.Raw))
 	if err == nil || err.Error() != want {
 		t.Errorf("old legacy token after the rotation: %v, want %q", err, want)
 	}
 
-	// The next rotation under the same root as the first: a node following the first
-	// still follows, its anchor unchanged.
+	// The token names the first certificate: that CA is the anchor, and a sibling of it
+	// is not followed.
 	cur, err := Pin(rotatedPEM, tok(t, Hash(newCA.Cert.Raw)), start)
 	if err != nil {
 		t.Fatal(err)
@@ -372,6 +434,142 @@ func TestFollowCrossSignedRotation(t *testing.T) {
 	checkTrust(t, cur, newCA.Cert, newCA.Cert)
 	if _, err := cur.Follow(pki.EncodeCerts(f.under(newRoot, "kpki-server-ca@3", 365*day).Bundle...), tok(t, Hash(newCA.Cert.Raw)), start); !errors.Is(err, ErrUntrustedChange) {
 		t.Errorf("a sibling of the pinned first certificate: %v, want ErrUntrustedChange", err)
+	}
+}
+
+// TestResume: a node restarted with the token it joined with resumes from the stored
+// trust after a cross-signed rotation, and still refuses an unrelated root.
+func TestResume(t *testing.T) {
+	f := newFixture(t)
+	old := f.root("kpki-server-ca@1", 10*365*day)
+	oldPEM := pki.EncodeCert(old.Cert)
+	rotated, newCA, newRoot, _ := f.crossSigned(old)
+	rotatedPEM := pki.EncodeCerts(rotated...)
+	second, ca3, root3, _ := f.crossSigned(newRoot)
+	secondPEM := pki.EncodeCerts(second...)
+
+	for _, pin := range []string{Hash(oldPEM), Hash(old.Cert.Raw)} {
+		oldTok := tok(t, pin)
+		joined, err := Resume(oldPEM, oldTok, nil, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(joined.Store(), oldPEM) {
+			t.Error("the stored trust of a join is not the pinned root")
+		}
+		moved, err := joined.Follow(rotatedPEM, oldTok, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored, err := Load(moved.Store(), oldTok)
+		if err != nil {
+			t.Fatalf("pin %q: Load: %v", pin, err)
+		}
+		checkRoots(t, stored, old.Cert, newRoot.Cert)
+		if !stored.Pinned || !stored.Anchor.Equal(newRoot.Cert) {
+			t.Errorf("loaded trust: pinned %v anchor %q", stored.Pinned, stored.Anchor.Subject.CommonName)
+		}
+
+		// Down during the first rotation or the second: it catches up.
+		for name, body := range map[string][]byte{"rotated": rotatedPEM, "rolled back": oldPEM} {
+			if _, err := Resume(body, oldTok, stored, start.Add(day)); err != nil {
+				t.Errorf("pin %q, %s: %v", pin, name, err)
+			}
+		}
+		tr, err := Resume(secondPEM, oldTok, stored, start.Add(day))
+		if err != nil {
+			t.Fatalf("pin %q, second rotation: %v", pin, err)
+		}
+		followed(t, tr, []*x509.Certificate{old.Cert, newRoot.Cert, root3.Cert}, ca3.Cert, root3.Cert)
+		if !tr.Pinned {
+			t.Error("a resumed trust is not pinned")
+		}
+
+		// Without the stored trust the old token does not match the second body.
+		if _, err := Resume(secondPEM, oldTok, nil, start); !errors.Is(err, token.ErrCAHashMismatch) {
+			t.Errorf("pin %q, second rotation without stored trust: %v, want ErrCAHashMismatch", pin, err)
+		}
+		// An unrelated root is refused with the stored trust too, as Pin refuses it.
+		forced := f.under(f.root("kpki-server-root@forced", 10*365*day), "kpki-server-ca@forced", 365*day)
+		if _, err := Resume(pki.EncodeCerts(forced.Bundle...), oldTok, stored, start); !errors.Is(err, token.ErrCAHashMismatch) {
+			t.Errorf("pin %q, forced root: %v, want ErrCAHashMismatch", pin, err)
+		}
+		// A first contact without stored trust moves along a rotation the body shows.
+		fresh, err := Resume(rotatedPEM, tok(t, Hash(old.Cert.Raw)), nil, start)
+		if err != nil {
+			t.Fatal(err)
+		}
+		followed(t, fresh, []*x509.Certificate{old.Cert, newRoot.Cert}, newCA.Cert, newRoot.Cert)
+	}
+
+	// The new token names the new root: the stored trust starts there, the old root is
+	// left out.
+	moved, err := Resume(rotatedPEM, tok(t, Hash(old.Cert.Raw)), nil, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := Load(moved.Store(), tok(t, Hash(newRoot.Cert.Raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRoots(t, stored, newRoot.Cert)
+}
+
+func TestLoadRefusals(t *testing.T) {
+	f := newFixture(t)
+	old := f.root("kpki-server-ca@1", 10*365*day)
+	_, _, newRoot, cross := f.crossSigned(old)
+	other := f.root("other", 365*day)
+	otherCross, err := f.iss.CrossSign(other, newRoot.Cert, 365*day)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldTok := tok(t, Hash(old.Cert.Raw))
+	for _, tc := range []struct {
+		name string
+		data []byte
+		tok  token.Token
+	}{
+		{"garbage", []byte("garbage"), oldTok},
+		{"a short token", pki.EncodeCert(old.Cert), tok(t, "")},
+		{"no root the token names", pki.EncodeCert(other.Cert), oldTok},
+		{"an even count", pki.EncodeCerts(old.Cert, cross), oldTok},
+		{"a pair that does not match", pki.EncodeCerts(old.Cert, cross, other.Cert), oldTok},
+	} {
+		if tr, err := Load(tc.data, tc.tok); !errors.Is(err, ErrBadStore) {
+			t.Errorf("%s: %v, %v; want ErrBadStore", tc.name, tr, err)
+		}
+	}
+	// A root vouched for by a certificate no held root signed is left out.
+	tr, err := Load(pki.EncodeCerts(old.Cert, otherCross, newRoot.Cert), oldTok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkRoots(t, tr, old.Cert)
+}
+
+// TestRootsBounded: a body that would add a root beyond MaxRoots adds none and is still
+// followed through the roots held.
+func TestRootsBounded(t *testing.T) {
+	f := newFixture(t)
+	root := f.root("kpki-server-ca@0", 10*365*day)
+	tr, err := Pin(pki.EncodeCert(root.Cert), tok(t, Hash(root.Cert.Raw)), start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range MaxRoots {
+		bundle, _, next, _ := f.crossSigned(root)
+		nt, err := tr.Follow(pki.EncodeCerts(bundle...), token.Token{}, start)
+		if err != nil {
+			t.Fatalf("rotation %d: %v", i, err)
+		}
+		tr, root = nt, next
+	}
+	if len(tr.Roots) != MaxRoots {
+		t.Errorf("%d roots, want %d", len(tr.Roots), MaxRoots)
+	}
+	if _, err := Load(tr.Store(), tok(t, Hash(tr.Roots[0].Raw))); err != nil {
+		t.Errorf("Load of %d roots: %v", MaxRoots, err)
 	}
 }
 

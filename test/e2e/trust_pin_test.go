@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -388,12 +389,20 @@ func TestTrustPinProxySwitch(t *testing.T) {
 		}
 	}
 
-	// A restarted agent: its first contact reads the fake's /cacerts; the token's legacy
-	// hash covers a one-certificate file and names none of the appended body, so the
-	// agent refuses it before any credential is sent.
+	// A restarted agent: its first contact reads the fake's /cacerts, whose first
+	// certificate is the root the agent keeps (the token names it), so it resumes its
+	// stored trust, and the fake's handshake fails before any credential is sent. Without
+	// the stored trust, the token's legacy hash covers a one-certificate file and names
+	// none of the appended body: refused at once.
 	fake.setBody(certsPEM(realCA, evil))
 	r := runAgentOnce(t, agentArgsAt(proxyURL, agentTok, dd, agentNodeName, s.Ports.APIServer)...)
+	assertFailure(t, r.code, r.stderr, "presented a certificate that the cluster CA did not sign")
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	r = runAgentOnce(t, agentArgsAt(proxyURL, agentTok, fresh, "fresh-agent", s.Ports.APIServer)...)
 	assertFailure(t, r.code, r.stderr, "token CA hash does not match the Cluster CA certificate hash: "+tokenCAHash(t, agentTok))
+	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused first join left %s: %v", fresh, err)
+	}
 	fake.assertNothingSecret(t, "restarted agent", secrets...)
 	assertTreeUnchanged(t, "restarted agent", before, hashTree(t, dd))
 	if len(fake.requests()) == 0 {
@@ -410,7 +419,7 @@ func TestTrustPinProxySwitch(t *testing.T) {
 // a one-certificate server-ca.crt; after a cross-signed rotation, the root hash that kpki
 // prints, the first-certificate hash that K3s's rotate-default-ca-certs.sh prints, and the
 // DER hash of the old root. Each agent keeps the chain from the served CA up to exactly
-// the certificate its hash names.
+// the certificate its hash names; with the old root's, up to the new root it vouches for.
 func TestTrustPinForms(t *testing.T) {
 	t.Parallel()
 	requireTools(t, "openssl", "kubectl")
@@ -442,17 +451,30 @@ func TestTrustPinForms(t *testing.T) {
 	for i, tc := range []struct {
 		name, hash string
 		keep       []*x509.Certificate
+		// file is the agent's server-ca.crt when it is not keep: the old root, which the
+		// token names, vouches for the new root (cross), which the agent moves to,
+		// keeping the old root while it is served.
+		file []*x509.Certificate
+		// roots is what the agent stores of the roots it trusts.
+		roots []*x509.Certificate
 	}{
-		{"root (kpki token show)", derHash(newRoot), []*x509.Certificate{newCA, newRoot}},
-		{"first certificate (rotate-default-ca-certs.sh)", derHash(newCA), []*x509.Certificate{newCA}},
-		{"old root", derHash(oldRoot), []*x509.Certificate{newCA, cross, oldRoot}},
+		{"root (kpki token show)", derHash(newRoot), []*x509.Certificate{newCA, newRoot}, nil, []*x509.Certificate{newRoot}},
+		{"first certificate (rotate-default-ca-certs.sh)", derHash(newCA), []*x509.Certificate{newCA}, nil, []*x509.Certificate{newCA}},
+		{"old root", derHash(oldRoot), []*x509.Certificate{newCA, newRoot}, []*x509.Certificate{newCA, newRoot, oldRoot},
+			[]*x509.Certificate{oldRoot, cross, newRoot}},
 	} {
+		if tc.file == nil {
+			tc.file = tc.keep
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			d := filepath.Join(t.TempDir(), "agent")
 			r := agentOK(t, agentArgs(s, "K10"+tc.hash+"::node:"+pw, d, "--node-name", fmt.Sprintf("pin-form-%d", i))...)
 			ad := filepath.Join(d, "agent")
-			if got := readFile(t, filepath.Join(ad, "server-ca.crt")); !bytes.Equal(got, certsPEM(tc.keep...)) {
-				t.Errorf("server-ca.crt holds %d certificates, not the chain up to the pinned one (%d)", len(readCerts(t, filepath.Join(ad, "server-ca.crt"))), len(tc.keep))
+			if got := readFile(t, filepath.Join(ad, "server-ca.crt")); !bytes.Equal(got, certsPEM(tc.file...)) {
+				t.Errorf("server-ca.crt holds %d certificates, not the chain up to the pinned one (%d)", len(readCerts(t, filepath.Join(ad, "server-ca.crt"))), len(tc.file))
+			}
+			if !sameCerts(readCerts(t, filepath.Join(ad, "server-ca-roots.pem")), tc.roots) {
+				t.Errorf("server-ca-roots.pem does not hold the %d certificates of the trusted roots", len(tc.roots))
 			}
 			serving := readCerts(t, filepath.Join(ad, "serving-kubelet.crt"))
 			if !sameCerts(serving[1:], tc.keep) {
@@ -470,7 +492,7 @@ func TestTrustPinForms(t *testing.T) {
 			}
 			for file := range agentKubeconfigs {
 				kc := kubectlConfig(t, filepath.Join(ad, file), true)
-				if len(kc.Clusters) != 1 || !bytes.Equal(kc.Clusters[0].Cluster.CertificateAuthorityData, certsPEM(tc.keep...)) {
+				if len(kc.Clusters) != 1 || !bytes.Equal(kc.Clusters[0].Cluster.CertificateAuthorityData, certsPEM(tc.file...)) {
 					t.Errorf("%s does not trust exactly the kept chain", file)
 				}
 			}

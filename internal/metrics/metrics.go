@@ -26,6 +26,9 @@ type Metrics struct {
 	Issued          *prometheus.CounterVec
 	JoinRequests    *prometheus.CounterVec
 	RestartRequired prometheus.Gauge
+	// CAGenerationNodes counts the nodes whose last status report holds each CA
+	// generation, by role.
+	CAGenerationNodes *prometheus.GaugeVec
 }
 
 // New creates and registers the metrics.
@@ -53,8 +56,12 @@ func New() *Metrics {
 			Name: "kpki_restart_required",
 			Help: "1 when the CA material in the datastore changed and this server must be restarted to use it.",
 		}),
+		CAGenerationNodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kpki_ca_generation_nodes",
+			Help: "Nodes whose last status report holds the CA generation, by role (server or agent); kpki certificate rotate-ca --status lists them.",
+		}, []string{"generation", "role"}),
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired)
+	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired, m.CAGenerationNodes)
 	return m
 }
 

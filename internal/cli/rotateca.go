@@ -22,7 +22,7 @@ import (
 
 func newRotateCACmd() *cobra.Command {
 	var dataDir, path, server, output string
-	var force, dryRun bool
+	var force, dryRun, status bool
 	first, last := certs.CAs[0], certs.CAs[len(certs.CAs)-1]
 	cmd := &cobra.Command{
 		Use:   "rotate-ca --path DIR",
@@ -38,6 +38,9 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
+			}
+			if status {
+				return rotateCAStatus(cmd, dataDir, server, path, output)
 			}
 			if path == "" {
 				return errors.New("--path is required: the directory holding the staged tls/ files")
@@ -56,6 +59,7 @@ nodes afterwards, servers first, then agents.`, rotation.StagedPath(first.CertFi
 	cmd.Flags().StringVar(&path, "path", "", "staging directory laid out as a server dir (DIR/tls/...)")
 	cmd.Flags().BoolVar(&force, "force", false, "skip the chain and service-key continuity checks (disruptive: new root)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check and print what would change; write nothing")
+	cmd.Flags().BoolVar(&status, "status", false, "show which CA generation every server and agent runs and which are still pending; change nothing")
 	outputFlag(cmd, &output)
 	return cmd
 }

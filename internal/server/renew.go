@@ -40,6 +40,7 @@ func (s *Server) RenewNow() error {
 	if err != nil {
 		return err
 	}
+	s.reportStatus()
 	if len(changed) > 0 {
 		return s.loadServingCert()
 	}

@@ -236,6 +236,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.goBackground(func() error { s.watchBootstrap(bctx); return nil }, "bootstrap watch")
 	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
 	s.goBackground(func() error { s.nodes.WatchNodes(bctx); return nil }, "node password watch")
+	s.goBackground(func() error { s.runStatus(bctx); return nil }, "rollout status")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {

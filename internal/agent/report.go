@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"time"
 
 	"github.com/kpki/kpki/internal/api"
@@ -83,7 +82,7 @@ func (a *Agent) sendReport(ctx context.Context, c *api.Client, nodePassword stri
 
 // status is the node's report, from its files as they are on disk.
 func (a *Agent) status() (api.NodeStatus, error) {
-	rep := api.NodeStatus{Node: a.nodeName, Certificates: []rollout.Cert{}}
+	rep := api.NodeStatus{Node: a.nodeName}
 	signers := map[certs.CAID]*x509.Certificate{}
 	for _, spec := range certs.CAs {
 		if !spec.Agent {
@@ -101,16 +100,6 @@ func (a *Agent) status() (api.NodeStatus, error) {
 		return rep, err
 	}
 	rep.Generation = g
-	for _, f := range a.certFiles() {
-		c := firstCert(f)
-		if c == nil {
-			continue
-		}
-		rel, err := filepath.Rel(a.layout.Root, f)
-		if err != nil {
-			rel = f
-		}
-		rep.Certificates = append(rep.Certificates, rollout.Cert{File: filepath.ToSlash(rel), NotAfter: c.NotAfter.UTC()})
-	}
+	rep.Certificates = rollout.Certificates(a.layout.Root, a.certFiles(), datadir.ReadOptional)
 	return rep, nil
 }

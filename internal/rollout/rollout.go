@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/node"
+	"github.com/kpki/kpki/internal/pki"
 )
 
 // KeyPrefix holds one report per node, KeyPrefix + node name: the JSON of a Report.
@@ -97,6 +99,29 @@ func (r Report) Check() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Certificates lists the expiry of the first certificate of each of files, named
+// relative to root with "/". read returns a file's content (nil for a missing file);
+// a file that cannot be read or parsed is left out.
+func Certificates(root string, files []string, read func(string) ([]byte, error)) []Cert {
+	out := []Cert{}
+	for _, f := range files {
+		data, err := read(f)
+		if err != nil || data == nil {
+			continue
+		}
+		list, err := pki.ParseCerts(data)
+		if err != nil {
+			continue
+		}
+		rel, err := filepath.Rel(root, f)
+		if err != nil {
+			continue
+		}
+		out = append(out, Cert{File: filepath.ToSlash(rel), NotAfter: list[0].NotAfter.UTC()})
+	}
+	return out
 }
 
 // ValidGeneration reports whether g has the form of a CA generation.

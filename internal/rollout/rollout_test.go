@@ -5,6 +5,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -196,5 +198,36 @@ func TestParse(t *testing.T) {
 	}
 	if _, err := Parse(Key("worker-1"), []byte("{")); err == nil {
 		t.Error("a record that is not JSON")
+	}
+}
+
+func TestCertificatesListsTheFirstCertificateOfEachFile(t *testing.T) {
+	iss := pki.NewIssuer(clock.NewFake(t0), nil)
+	files := caFiles(t, iss)
+	root := t.TempDir()
+	dir := filepath.Join(root, "agent")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "server-ca.crt")
+	bundle := append(append([]byte{}, files[certs.ServerCA]...), files[certs.ClientCA]...)
+	if err := os.WriteFile(good, bundle, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.crt")
+	if err := os.WriteFile(bad, []byte("not PEM"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	read := func(p string) ([]byte, error) {
+		b, err := os.ReadFile(p)
+		if os.IsNotExist(err) {
+			return nil, nil
+		}
+		return b, err
+	}
+	got := Certificates(root, []string{good, bad, filepath.Join(dir, "missing.crt")}, read)
+	first, _ := pki.ParseCerts(files[certs.ServerCA])
+	if len(got) != 1 || got[0].File != "agent/server-ca.crt" || !got[0].NotAfter.Equal(first[0].NotAfter) {
+		t.Errorf("Certificates: %+v", got)
 	}
 }

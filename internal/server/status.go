@@ -5,8 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"path/filepath"
+	"os"
 	"time"
 
 	"github.com/kpki/kpki/internal/certs"
@@ -47,7 +46,7 @@ func (s *Server) writeStatus(ctx context.Context) error {
 // ownStatus is this server's report: the generation of the CAs it loaded and the
 // first certificate of each of its CA and leaf files.
 func (s *Server) ownStatus() (rollout.Report, error) {
-	rep := rollout.Report{Node: s.r.nodeName, Role: rollout.RoleServer, ReportedAt: s.clock.Now().UTC(), Certificates: []rollout.Cert{}}
+	rep := rollout.Report{Node: s.r.nodeName, Role: rollout.RoleServer, ReportedAt: s.clock.Now().UTC()}
 	signers := map[certs.CAID]*x509.Certificate{}
 	for id, ca := range s.caSet() {
 		signers[id] = ca.Cert
@@ -59,17 +58,7 @@ func (s *Server) ownStatus() (rollout.Report, error) {
 	if rep.ServerGeneration, err = certs.ServerGeneration(signers); err != nil {
 		return rep, err
 	}
-	for _, f := range s.certFiles() {
-		c := firstCertOf(f)
-		if c == nil {
-			continue
-		}
-		rel, err := filepath.Rel(s.layout.Root, f)
-		if err != nil {
-			return rep, fmt.Errorf("%s is not under the data dir: %w", f, err)
-		}
-		rep.Certificates = append(rep.Certificates, rollout.Cert{File: filepath.ToSlash(rel), NotAfter: c.NotAfter.UTC()})
-	}
+	rep.Certificates = rollout.Certificates(s.layout.Root, s.certFiles(), os.ReadFile)
 	return rep, nil
 }
 

@@ -28,13 +28,7 @@ func (e *env) withFullRecord() rollout.Current {
 		rec.Set(c.CertField, bootstrap.File{Timestamp: e.clock.Now().UTC(), Content: pem})
 		files[c.ID] = pem
 	}
-	value, err := record.Seal(serverPW, rec)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := e.store.Put(context.Background(), bootstrap.KeyName(serverPW), value); err != nil {
-		e.t.Fatal(err)
-	}
+	e.putRecord(rec)
 	cur, err := rollout.CurrentOf(files)
 	if err != nil {
 		e.t.Fatal(err)
@@ -190,11 +184,17 @@ func newEnvRecord(t *testing.T, e *env) {
 	t.Helper()
 	rec := bootstrap.NewRecord()
 	rec.Set("ServerCA", bootstrap.File{Timestamp: e.clock.Now().UTC(), Content: e.host.cas[certs.ServerCA].BundlePEM})
+	e.putRecord(rec)
+}
+
+// putRecord stores rec as the bootstrap record under serverPW.
+func (e *env) putRecord(rec *bootstrap.Record) {
+	e.t.Helper()
 	value, err := record.Seal(serverPW, rec)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	if err := e.store.Put(context.Background(), bootstrap.KeyName(serverPW), value); err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 }

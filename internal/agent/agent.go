@@ -398,26 +398,10 @@ func (a *Agent) recordPass(res Result, err error) {
 	m.Signed.WithLabelValues("issue").Add(float64(len(res.Issued)))
 	m.Signed.WithLabelValues("renew").Add(float64(len(res.Renewed)))
 	m.CertExpiry.Reset()
-	var files []string
-	for _, c := range certs.CAs {
-		if c.Agent {
-			files = append(files, a.layout.Agent(c.CertFile))
+	for _, f := range a.certFiles() {
+		if c := firstCert(f); c != nil {
+			metrics.SetCertExpiry(m.CertExpiry, f, c)
 		}
-	}
-	for _, l := range certs.Select(certs.AgentNode, nil) {
-		crt, _ := a.leafFiles(l)
-		files = append(files, crt)
-	}
-	for _, f := range files {
-		data, err := datadir.ReadOptional(f)
-		if err != nil || data == nil {
-			continue
-		}
-		list, err := pki.ParseCerts(data)
-		if err != nil || len(list) == 0 {
-			continue
-		}
-		metrics.SetCertExpiry(m.CertExpiry, f, list[0])
 	}
 }
 

@@ -52,6 +52,7 @@ func (a *Agent) pass(ctx context.Context) (Result, error) {
 			return res, err
 		}
 	}
+	a.report(ctx, c, pw)
 	return res, nil
 }
 

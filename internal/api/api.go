@@ -6,6 +6,7 @@
 package api
 
 import (
+	"github.com/kpki/kpki/internal/rollout"
 	"github.com/kpki/kpki/internal/rotation"
 )
 
@@ -29,6 +30,10 @@ const (
 	PathEtcdMembers     = "/v1-kpki/etcd-members"
 	PathRotateCA        = "/v1-kpki/cert/cacerts"
 	PathTokenRotate     = "/v1-kpki/token"
+	// PathNodeStatus takes an agent's NodeStatus, with the node headers of a signing
+	// request; PathRolloutStatus answers the RolloutStatus of the cluster.
+	PathNodeStatus    = "/v1-kpki/node-status"
+	PathRolloutStatus = "/v1-kpki/rollout-status"
 )
 
 // QueryRollback, set to "true" on a PUT of PathRotateCA, asks for a rollback: the
@@ -97,6 +102,13 @@ type TokenRotateResponse struct {
 	Token    string   `json:"token"`
 	Warnings []string `json:"warnings,omitempty"`
 }
+
+// NodeStatus is the body of PUT PathNodeStatus: the CA generation and certificates an
+// agent holds. The server sets its role and time; it is stored as sent otherwise.
+type NodeStatus = rollout.Report
+
+// RolloutStatus is the answer of GET PathRolloutStatus.
+type RolloutStatus = rollout.Status
 
 // ErrorBody is the JSON body of every error answer: the message, the id the server
 // logged it with, and, for a request refused by several checks, every failed check.

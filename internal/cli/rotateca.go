@@ -22,7 +22,7 @@ import (
 
 func newRotateCACmd() *cobra.Command {
 	var dataDir, path, server, output string
-	var force, dryRun, rollback bool
+	var force, dryRun, rollback, status bool
 	first, last := certs.CAs[0], certs.CAs[len(certs.CAs)-1]
 	cmd := &cobra.Command{
 		Use:   "rotate-ca --path DIR | --rollback",
@@ -44,6 +44,9 @@ root), unless --force; the files the rollback replaces are kept in turn, so a se
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output); err != nil {
 				return err
+			}
+			if status {
+				return rotateCAStatus(cmd, dataDir, server, path, output)
 			}
 			if rollback && path != "" {
 				return errors.New("--rollback restores the CA files the last rotation replaced and takes no --path")
@@ -70,6 +73,7 @@ root), unless --force; the files the rollback replaces are kept in turn, so a se
 	cmd.Flags().BoolVar(&force, "force", false, "skip the chain and service-key continuity checks (disruptive: new root)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "run every check and print what would change; write nothing")
 	cmd.Flags().BoolVar(&rollback, "rollback", false, "restore the CA files the last rotate-ca (or rollback) replaced, kept in the datastore")
+	cmd.Flags().BoolVar(&status, "status", false, "show which CA generation every server and agent runs and which are still pending; change nothing")
 	outputFlag(cmd, &output)
 	return cmd
 }

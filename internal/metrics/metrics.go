@@ -30,6 +30,9 @@ type Metrics struct {
 	// result; CADisruptive is 1 while the CA set last applied live broke continuity.
 	LiveApply    *prometheus.CounterVec
 	CADisruptive prometheus.Gauge
+	// CAGenerationNodes counts the nodes whose last status report holds each CA
+	// generation, by role.
+	CAGenerationNodes *prometheus.GaugeVec
 }
 
 // New creates and registers the metrics.
@@ -65,8 +68,12 @@ func New() *Metrics {
 			Name: "kpki_ca_rotation_disruptive",
 			Help: "1 when the CA set this server last applied live is a new root or service-account key set that breaks continuity (rotate-ca --force): clients need the new token and agents must re-join.",
 		}),
+		CAGenerationNodes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kpki_ca_generation_nodes",
+			Help: "Nodes whose last status report holds the CA generation, by role (server or agent); kpki certificate rotate-ca --status lists them.",
+		}, []string{"generation", "role"}),
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired, m.LiveApply, m.CADisruptive)
+	m.Registry.MustRegister(m.CertExpiry, m.CAChainExpiry, m.CAExpiring, m.Issued, m.JoinRequests, m.RestartRequired, m.LiveApply, m.CADisruptive, m.CAGenerationNodes)
 	return m
 }
 

@@ -420,26 +420,38 @@ func (s *Server) auditCert(action, actor, file string, c, old *x509.Certificate)
 func (s *Server) updateExpiryMetrics() {
 	s.updateCAExpiryMetrics()
 	s.metrics.CertExpiry.Reset()
-	record := func(file string) {
-		data, err := os.ReadFile(file)
-		if err != nil {
-			return
+	for _, file := range s.certFiles() {
+		if c := firstCertOf(file); c != nil {
+			s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), metrics.Usages(c)).Set(float64(c.NotAfter.Unix()))
 		}
-		list, err := pki.ParseCerts(data)
-		if err != nil {
-			return
-		}
-		c := list[0]
-		s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), metrics.Usages(c)).Set(float64(c.NotAfter.Unix()))
 	}
+}
+
+// certFiles are this server's CA files, then its leaves.
+func (s *Server) certFiles() []string {
+	var files []string
 	for _, c := range certs.CAs {
 		crt, _ := s.caPaths(c)
-		record(crt)
+		files = append(files, crt)
 	}
 	for _, l := range certs.Select(certs.ServerNode, nil) {
 		crt, _ := s.leafPaths(l.Node, l.Name)
-		record(crt)
+		files = append(files, crt)
 	}
+	return files
+}
+
+// firstCertOf is the first certificate of file; nil when it cannot be read or parsed.
+func firstCertOf(file string) *x509.Certificate {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	list, err := pki.ParseCerts(data)
+	if err != nil {
+		return nil
+	}
+	return list[0]
 }
 
 func (s *Server) serverCABundle() []byte {

@@ -46,6 +46,7 @@ func (s *Server) RenewNow() error {
 	if err != nil {
 		return err
 	}
+	s.reportStatus()
 	if len(changed) > 0 {
 		return s.loadServingCert()
 	}

@@ -246,6 +246,7 @@ func (s *Server) Start(ctx context.Context) (err error) {
 	s.goBackground(func() error { s.liveApplyLoop(bctx); return nil }, "live apply")
 	s.goBackground(func() error { s.nodes.WatchServers(bctx); return nil }, "server registry watch")
 	s.goBackground(func() error { s.nodes.WatchNodes(bctx); return nil }, "node password watch")
+	s.goBackground(func() error { s.runStatus(bctx); return nil }, "rollout status")
 	if s.embedded != nil {
 		e := s.embedded
 		s.goBackground(func() error {

@@ -91,6 +91,7 @@ type API struct {
 // Store is what the handlers need of the datastore.
 type Store interface {
 	record.Store
+	statusStore
 }
 
 // Register adds every /v1-kpki endpoint to the supervisor, behind its role checks.
@@ -108,6 +109,8 @@ func (a *API) Register() {
 	a.Sup.Handle("GET "+api.PathEtcdMembers, a.Sup.Require(a.handleEtcdMembers, supervisor.RoleServer))
 	a.Sup.Handle("PUT "+api.PathRotateCA, a.Sup.Require(a.handleRotateCA, supervisor.RoleServer))
 	a.Sup.Handle("PUT "+api.PathTokenRotate, a.Sup.Require(a.handleTokenRotate, supervisor.RoleServer))
+	a.Sup.Handle("PUT "+api.PathNodeStatus, a.Sup.Require(a.handleNodeStatus, both...))
+	a.Sup.Handle("GET "+api.PathRolloutStatus, a.Sup.Require(a.handleRolloutStatus, supervisor.RoleServer))
 }
 
 func (a *API) writeAudit(e audit.Entry) {

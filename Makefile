@@ -43,7 +43,8 @@ FUZZ_TARGETS = \
 	./internal/pki:FuzzParseKeys \
 	./internal/pki:FuzzFindRoot \
 	./internal/cli:FuzzConfig \
-	./internal/rotation:FuzzValidateStaged
+	./internal/rotation:FuzzValidateStaged \
+	./internal/trust:FuzzFollow
 FUZZTIME ?= 10m
 FUZZTIME_SHORT ?= 6s
 FUZZPARALLEL ?= 1

@@ -24,11 +24,11 @@ const (
 var start = time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 
 type fixture struct {
-	t   *testing.T
+	t   testing.TB
 	iss *pki.Issuer
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	return &fixture{t: t, iss: pki.NewIssuer(clock.NewFake(start), nil)}
 }
 
@@ -88,7 +88,7 @@ func (f *fixture) crossSigned(old *pki.CA) (bundle []*x509.Certificate, newCA, n
 	return []*x509.Certificate{newCA.Cert, newRoot.Cert, cross, old.Cert}, newCA, newRoot, cross
 }
 
-func tok(t *testing.T, hash string) token.Token {
+func tok(t testing.TB, hash string) token.Token {
 	t.Helper()
 	if hash == "" {
 		return token.Token{Password: pw}

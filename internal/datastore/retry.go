@@ -135,6 +135,12 @@ func classify(err error, attempt context.Context) failure {
 	if status.Code(err) == codes.Unavailable {
 		return ambiguous // the connection to the member failed or was closed
 	}
+	if status.Code(err) == codes.Canceled && attempt.Err() == nil {
+		// Not the caller's cancellation: the client was closed under the attempt, as when
+		// the store reconnects to a member restarted with new certificates. The next
+		// attempt runs on the new client.
+		return ambiguous
+	}
 	return permanent
 }
 

@@ -45,6 +45,8 @@ func TestClassify(t *testing.T) {
 		{"a deadline that is not the attempt's", context.DeadlineExceeded, live, permanent},
 		{"the member's answer to the attempt's deadline, a moment early", status.Error(codes.DeadlineExceeded, "context deadline exceeded"), closing, ambiguous},
 		{"cancelled", context.Canceled, cancelled, permanent},
+		{"gRPC cancelled by the caller", status.Error(codes.Canceled, "context canceled"), cancelled, permanent},
+		{"the client closed under the attempt (reconnect)", status.Error(codes.Canceled, "grpc: the client connection is closing"), live, ambiguous},
 		{"compacted", rpctypes.ErrCompacted, live, permanent},
 		{"permission denied", rpctypes.ErrPermissionDenied, live, permanent},
 		{"request too large", rpctypes.ErrRequestTooLarge, live, permanent},

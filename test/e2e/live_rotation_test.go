@@ -276,3 +276,52 @@ func TestLiveCARotationKilledMidApply(t *testing.T) {
 	}
 	s.Stop(t)
 }
+
+// waitLiveApplied waits until s has applied the record rec live (liveApplied): every file
+// the apply writes is written by then; only an etcd restart may still follow.
+func waitLiveApplied(t *testing.T, s *kpkiServer, rec bootstrapRecord) {
+	t.Helper()
+	if !waitUntil(t, 90*time.Second, func() (bool, string) { return liveApplied(s, rec) }) {
+		t.Fatalf("the server did not apply the new bootstrap data live:\n%s", s.tail(40))
+	}
+}
+
+// waitServiceKeyApplied waits until s's service.key is the record's and service.current.key
+// its first key, written by the live apply.
+func waitServiceKeyApplied(t *testing.T, s *kpkiServer, rec bootstrapRecord) {
+	t.Helper()
+	tls := s.TLSDir()
+	ok := waitUntil(t, 60*time.Second, func() (bool, string) {
+		data, err := os.ReadFile(filepath.Join(tls, "service.key"))
+		if err != nil || !bytes.Equal(data, rec["ServiceKey"].Content) {
+			return false, "service.key is not the record's yet"
+		}
+		keys, err := parseKeysPEM(data)
+		if err != nil || len(keys) == 0 {
+			return false, fmt.Sprintf("service.key: %v", err)
+		}
+		cur, err := os.ReadFile(filepath.Join(tls, "service.current.key"))
+		if err != nil {
+			return false, err.Error()
+		}
+		ck, err := parseKeysPEM(cur)
+		if err != nil || len(ck) != 1 || !keyMatches(ck[0].signer.Public(), keys[0].signer) {
+			return false, "service.current.key is not the new first key yet"
+		}
+		return true, ""
+	})
+	if !ok {
+		t.Fatalf("the server did not apply the new service.key live:\n%s", s.tail(40))
+	}
+}
+
+// liveApplyChange reports whether a treeDiff entry is a file a live apply rewrites: the
+// server's tls and cred files and its token files.
+func liveApplyChange(d string) bool {
+	for _, p := range []string{"changed server/tls/", "changed server/cred/", "changed server/token ", "changed server/agent-token ", "changed server/node-token "} {
+		if strings.HasPrefix(d, p) {
+			return true
+		}
+	}
+	return false
+}

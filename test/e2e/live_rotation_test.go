@@ -325,3 +325,65 @@ func liveApplyChange(d string) bool {
 	}
 	return false
 }
+
+// TestLiveCARotationWriteFailure: a file the live apply must write cannot be written (the
+// admin kubeconfig's path is a directory). The apply fails: the error is logged,
+// kpki_restart_required is 1, the CA files are the new ones and every leaf still matches
+// its key. Once the path is writable again, the bounded retry finishes the apply and the
+// gauge goes back to 0, without a restart.
+func TestLiveCARotationWriteFailure(t *testing.T) {
+	t.Parallel()
+	dd := filepath.Join(t.TempDir(), "data")
+	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1"))
+	s := startServer(t, dd, "--metrics-address", metrics)
+	s.WaitReady(t)
+	kubeconfig := filepath.Join(dd, "server", "cred", "admin.kubeconfig")
+	if err := os.Remove(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(kubeconfig, "blocker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", dd)
+	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(dd, "server", "rotate-ca")))
+	rec, _ := currentRecord(t, s)
+	if !waitUntil(t, 60*time.Second, func() (bool, string) {
+		return metricValue(t, metrics, "kpki_restart_required") == "1", "kpki_restart_required is not 1"
+	}) {
+		t.Fatalf("the failed apply did not set kpki_restart_required:\n%s", s.tail(30))
+	}
+	if !strings.Contains(s.Stderr(), "applying the new bootstrap data failed") {
+		t.Errorf("the failure is not logged as an error:\n%s", s.tail(30))
+	}
+	if v := metricValue(t, metrics, `kpki_bootstrap_live_apply_total{result="failed"}`); v == "" || v == "0" {
+		t.Errorf("failed applies counted %q", v)
+	}
+	// Every file is old or new: the CA files are the record's, each leaf matches its key.
+	for _, ca := range caFiles {
+		if !bytes.Equal(readFile(t, filepath.Join(s.TLSDir(), ca+".crt")), rec[caRecordField[ca+".crt"]].Content) {
+			t.Errorf("%s.crt is not the record's after the failed apply", ca)
+		}
+	}
+	for _, l := range serverLeaves(s.IP) {
+		base := filepath.Join(s.TLSDir(), l.file)
+		if !keyMatches(readCerts(t, base+".crt")[0].PublicKey, readKeys(t, base+".key")[0].signer) {
+			t.Errorf("%s.crt does not match its key after the failed apply", base)
+		}
+	}
+
+	if err := os.RemoveAll(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	if !waitUntil(t, 90*time.Second, func() (bool, string) { return liveDone(t, s, metrics, rec) }) {
+		t.Fatalf("the retry did not finish the apply:\n%s", s.tail(30))
+	}
+	if v := metricValue(t, metrics, "kpki_restart_required"); v != "0" {
+		t.Errorf("kpki_restart_required %q after the retry succeeded, want 0", v)
+	}
+	if _, err := os.Stat(kubeconfig); err != nil {
+		t.Errorf("admin.kubeconfig was not written by the retry: %v", err)
+	}
+	assertDiskMatchesRecord(t, dd, rec)
+	checkServerLeaves(t, s, rec)
+	s.Stop(t)
+}

@@ -614,6 +614,26 @@ func TestSeedRotateCANewRoot(t *testing.T) {
 	}
 	rec, _ := currentRecord(t, s)
 	assertRecordHoldsStaged(t, rec, stageServer, from, to)
+	t.Run("rotate-ca --force applied live, as disruptive", func(t *testing.T) {
+		waitLiveApplied(t, s, rec)
+		assertDiskMatchesRecord(t, dd, rec)
+		if !waitUntil(t, 60*time.Second, func() (bool, string) {
+			return strings.Contains(s.Stderr(), "breaks continuity"), "no warning that the new CA set breaks continuity"
+		}) {
+			return
+		}
+		var warning string
+		for _, line := range strings.Split(s.Stderr(), "\n") {
+			if strings.Contains(line, "breaks continuity") {
+				warning = line
+			}
+		}
+		for _, want := range []string{"level=WARN", "disruptive", "re-join", "new agent token", derHash(newRoot)} {
+			if !strings.Contains(warning, want) {
+				t.Errorf("the warning about the forced new root lacks %q: %s", want, warning)
+			}
+		}
+	})
 
 	s = restartServer(t, s)
 	t.Run("restart after rotate-ca --force", func(t *testing.T) {

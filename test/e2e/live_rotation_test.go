@@ -178,20 +178,7 @@ func TestLiveCARotationOneServer(t *testing.T) {
 		t.Errorf("the served supervisor certificate is not signed by the new server CA: %v", err)
 	}
 	// A client that trusts only the previous root still verifies every new leaf, with openssl.
-	dir := t.TempDir()
-	for i, l := range serverLeaves(s.IP) {
-		crt := filepath.Join(s.TLSDir(), l.file+".crt")
-		certs := readCerts(t, crt)
-		var untrusted []*x509.Certificate
-		for _, c := range certs[1:] {
-			if !selfSigned(c) {
-				untrusted = append(untrusted, c)
-			}
-		}
-		for _, purpose := range leafPurposes(l) {
-			opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
-		}
-	}
+	assertTrustedByPreviousRoots(t, s, previousRoots)
 	for _, ca := range []string{"server-ca", "client-ca"} {
 		nochain := readCerts(t, filepath.Join(s.TLSDir(), ca+".nochain.crt"))
 		if len(nochain) != 1 || !nochain[0].Equal(readCerts(t, filepath.Join(s.TLSDir(), ca+".crt"))[0]) {
@@ -386,4 +373,25 @@ func TestLiveCARotationWriteFailure(t *testing.T) {
 	assertDiskMatchesRecord(t, dd, rec)
 	checkServerLeaves(t, s, rec)
 	s.Stop(t)
+}
+
+// assertTrustedByPreviousRoots checks the continuous chain of trust of a cross-signed
+// rotation: `openssl verify`, trusting only the previous root of each leaf's CA
+// (previousRoots, by CA file name), accepts every leaf of s through the cross-signed new root.
+func assertTrustedByPreviousRoots(t *testing.T, s *kpkiServer, previousRoots map[string]*x509.Certificate) {
+	t.Helper()
+	dir := t.TempDir()
+	for i, l := range serverLeaves(s.IP) {
+		crt := filepath.Join(s.TLSDir(), l.file+".crt")
+		certs := readCerts(t, crt)
+		var untrusted []*x509.Certificate
+		for _, c := range certs[1:] {
+			if !selfSigned(c) {
+				untrusted = append(untrusted, c)
+			}
+		}
+		for _, purpose := range leafPurposes(l) {
+			opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
+		}
+	}
 }

@@ -542,21 +542,7 @@ func rotateCrossSigned(t *testing.T, s *kpkiServer, name, out string) *kpkiServe
 
 		// The continuous chain of trust of the seed page: a client that trusts only the
 		// previous root verifies every new leaf through the cross-signed new root.
-		dir := t.TempDir()
-		for i, l := range serverLeaves(s.IP) {
-			crt := filepath.Join(s.TLSDir(), l.file+".crt")
-			certs := readCerts(t, crt)
-			var untrusted []*x509.Certificate
-			for _, c := range certs[1:] {
-				if !selfSigned(c) {
-					untrusted = append(untrusted, c)
-				}
-			}
-			previous := previousRoots[l.ca]
-			for _, purpose := range leafPurposes(l) {
-				opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previous}, untrusted, purpose)
-			}
-		}
+		assertTrustedByPreviousRoots(t, s, previousRoots)
 	})
 	return s
 }

@@ -1283,20 +1283,7 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		assertServesNewCA(t, s)
 		// The continuous chain of trust: a client trusting only the previous root verifies
 		// every new leaf through the cross-signed new root.
-		dir := t.TempDir()
-		for i, l := range serverLeaves(s.IP) {
-			crt := filepath.Join(tlsDir, l.file+".crt")
-			certs := readCerts(t, crt)
-			var untrusted []*x509.Certificate
-			for _, c := range certs[1:] {
-				if !selfSigned(c) {
-					untrusted = append(untrusted, c)
-				}
-			}
-			for _, purpose := range leafPurposes(l) {
-				opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
-			}
-		}
+		assertTrustedByPreviousRoots(t, s, previousRoots)
 	})
 
 	// Service-Account Issuer Key Rotation: the whole block, then a restart.

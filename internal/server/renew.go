@@ -41,15 +41,13 @@ func (s *Server) RenewNow() error {
 	if err == nil && len(changed) > 0 {
 		err = s.writeDerived()
 	}
+	if err == nil && len(changed) > 0 {
+		// Under pkiMu: a live apply cannot swap in a newer certificate in between.
+		err = s.loadServingCert()
+	}
 	s.pkiMu.Unlock()
 	s.warnExpiringCAs()
-	if err != nil {
-		return err
-	}
-	if len(changed) > 0 {
-		return s.loadServingCert()
-	}
-	return nil
+	return err
 }
 
 // caExpiry is where one CA stands against the CA warning window.

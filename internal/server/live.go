@@ -13,6 +13,7 @@ import (
 	"github.com/kpki/kpki/internal/bootstrap"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/rotation"
 	"github.com/kpki/kpki/internal/server/record"
@@ -261,6 +262,7 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 	if len(changed) > 0 {
 		s.log.Info("wrote the bootstrap data's files", "files", changed)
 	}
+	s.takeRecordPasswd(writes)
 	cas, err := s.readCAs()
 	if err != nil {
 		return liveDecision{}, cont, changed, err
@@ -284,6 +286,26 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 	s.setLive(cas, &serving)
 	s.updateExpiryMetrics()
 	return decideLive(cont, s.embedded != nil, s.etcdCAsRunning, s.etcdCAFiles()), cont, changed, nil
+}
+
+// takeRecordPasswd makes a passwd file the apply wrote (another server repaired it in
+// the record) the credentials this server authenticates with; one that does not
+// validate is left to the server repairing it.
+func (s *Server) takeRecordPasswd(writes []bootstrap.Write) {
+	for _, w := range writes {
+		if w.Field != bootstrap.PasswdField {
+			continue
+		}
+		pw, err := passwd.Parse(w.Content)
+		if err == nil {
+			err = pw.Validate()
+		}
+		if err != nil {
+			s.log.Warn("the bootstrap data's passwd does not validate; keeping the credentials in use", "error", err)
+			return
+		}
+		s.useCreds(pw)
+	}
 }
 
 // diskRecord is the record the files on disk make (timestamps left out).

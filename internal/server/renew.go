@@ -41,15 +41,16 @@ func (s *Server) RenewNow() error {
 	if err == nil && len(changed) > 0 {
 		err = s.writeDerived()
 	}
+	if err == nil && len(changed) > 0 {
+		// Under pkiMu: a live apply cannot swap in a newer certificate in between.
+		err = s.loadServingCert()
+	}
 	s.pkiMu.Unlock()
 	s.warnExpiringCAs()
 	if err != nil {
 		return err
 	}
 	s.reportStatus()
-	if len(changed) > 0 {
-		return s.loadServingCert()
-	}
 	return nil
 }
 

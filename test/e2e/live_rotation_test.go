@@ -178,20 +178,7 @@ func TestLiveCARotationOneServer(t *testing.T) {
 		t.Errorf("the served supervisor certificate is not signed by the new server CA: %v", err)
 	}
 	// A client that trusts only the previous root still verifies every new leaf, with openssl.
-	dir := t.TempDir()
-	for i, l := range serverLeaves(s.IP) {
-		crt := filepath.Join(s.TLSDir(), l.file+".crt")
-		certs := readCerts(t, crt)
-		var untrusted []*x509.Certificate
-		for _, c := range certs[1:] {
-			if !selfSigned(c) {
-				untrusted = append(untrusted, c)
-			}
-		}
-		for _, purpose := range leafPurposes(l) {
-			opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
-		}
-	}
+	assertTrustedByPreviousRoots(t, s, previousRoots)
 	for _, ca := range []string{"server-ca", "client-ca"} {
 		nochain := readCerts(t, filepath.Join(s.TLSDir(), ca+".nochain.crt"))
 		if len(nochain) != 1 || !nochain[0].Equal(readCerts(t, filepath.Join(s.TLSDir(), ca+".crt"))[0]) {
@@ -275,4 +262,136 @@ func TestLiveCARotationKilledMidApply(t *testing.T) {
 		t.Error("no kill landed inside the live apply; the test proved nothing")
 	}
 	s.Stop(t)
+}
+
+// waitLiveApplied waits until s has applied the record rec live (liveApplied): every file
+// the apply writes is written by then; only an etcd restart may still follow.
+func waitLiveApplied(t *testing.T, s *kpkiServer, rec bootstrapRecord) {
+	t.Helper()
+	if !waitUntil(t, 90*time.Second, func() (bool, string) { return liveApplied(s, rec) }) {
+		t.Fatalf("the server did not apply the new bootstrap data live:\n%s", s.tail(40))
+	}
+}
+
+// waitServiceKeyApplied waits until s's service.key is the record's and service.current.key
+// its first key, written by the live apply.
+func waitServiceKeyApplied(t *testing.T, s *kpkiServer, rec bootstrapRecord) {
+	t.Helper()
+	tls := s.TLSDir()
+	ok := waitUntil(t, 60*time.Second, func() (bool, string) {
+		data, err := os.ReadFile(filepath.Join(tls, "service.key"))
+		if err != nil || !bytes.Equal(data, rec["ServiceKey"].Content) {
+			return false, "service.key is not the record's yet"
+		}
+		keys, err := parseKeysPEM(data)
+		if err != nil || len(keys) == 0 {
+			return false, fmt.Sprintf("service.key: %v", err)
+		}
+		cur, err := os.ReadFile(filepath.Join(tls, "service.current.key"))
+		if err != nil {
+			return false, err.Error()
+		}
+		ck, err := parseKeysPEM(cur)
+		if err != nil || len(ck) != 1 || !keyMatches(ck[0].signer.Public(), keys[0].signer) {
+			return false, "service.current.key is not the new first key yet"
+		}
+		return true, ""
+	})
+	if !ok {
+		t.Fatalf("the server did not apply the new service.key live:\n%s", s.tail(40))
+	}
+}
+
+// liveApplyChange reports whether a treeDiff entry is a file a live apply rewrites: the
+// server's tls and cred files and its token files.
+func liveApplyChange(d string) bool {
+	for _, p := range []string{"changed server/tls/", "changed server/cred/", "changed server/token ", "changed server/agent-token ", "changed server/node-token "} {
+		if strings.HasPrefix(d, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLiveCARotationWriteFailure: a file the live apply must write cannot be written (the
+// admin kubeconfig's path is a directory). The apply fails: the error is logged,
+// kpki_restart_required is 1, the CA files are the new ones and every leaf still matches
+// its key. Once the path is writable again, the bounded retry finishes the apply and the
+// gauge goes back to 0, without a restart.
+func TestLiveCARotationWriteFailure(t *testing.T) {
+	t.Parallel()
+	dd := filepath.Join(t.TempDir(), "data")
+	metrics := "127.0.0.1:" + strconv.Itoa(freePort(t, "127.0.0.1"))
+	s := startServer(t, dd, "--metrics-address", metrics)
+	s.WaitReady(t)
+	kubeconfig := filepath.Join(dd, "server", "cred", "admin.kubeconfig")
+	if err := os.Remove(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(kubeconfig, "blocker"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", dd)
+	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(dd, "server", "rotate-ca")))
+	rec, _ := currentRecord(t, s)
+	if !waitUntil(t, 60*time.Second, func() (bool, string) {
+		return metricValue(t, metrics, "kpki_restart_required") == "1", "kpki_restart_required is not 1"
+	}) {
+		t.Fatalf("the failed apply did not set kpki_restart_required:\n%s", s.tail(30))
+	}
+	if !strings.Contains(s.Stderr(), "applying the new bootstrap data failed") {
+		t.Errorf("the failure is not logged as an error:\n%s", s.tail(30))
+	}
+	if v := metricValue(t, metrics, `kpki_bootstrap_live_apply_total{result="failed"}`); v == "" || v == "0" {
+		t.Errorf("failed applies counted %q", v)
+	}
+	// Every file is old or new: the CA files are the record's, each leaf matches its key.
+	for _, ca := range caFiles {
+		if !bytes.Equal(readFile(t, filepath.Join(s.TLSDir(), ca+".crt")), rec[caRecordField[ca+".crt"]].Content) {
+			t.Errorf("%s.crt is not the record's after the failed apply", ca)
+		}
+	}
+	for _, l := range serverLeaves(s.IP) {
+		base := filepath.Join(s.TLSDir(), l.file)
+		if !keyMatches(readCerts(t, base+".crt")[0].PublicKey, readKeys(t, base+".key")[0].signer) {
+			t.Errorf("%s.crt does not match its key after the failed apply", base)
+		}
+	}
+
+	if err := os.RemoveAll(kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	if !waitUntil(t, 90*time.Second, func() (bool, string) { return liveDone(t, s, metrics, rec) }) {
+		t.Fatalf("the retry did not finish the apply:\n%s", s.tail(30))
+	}
+	if v := metricValue(t, metrics, "kpki_restart_required"); v != "0" {
+		t.Errorf("kpki_restart_required %q after the retry succeeded, want 0", v)
+	}
+	if _, err := os.Stat(kubeconfig); err != nil {
+		t.Errorf("admin.kubeconfig was not written by the retry: %v", err)
+	}
+	assertDiskMatchesRecord(t, dd, rec)
+	checkServerLeaves(t, s, rec)
+	s.Stop(t)
+}
+
+// assertTrustedByPreviousRoots checks the continuous chain of trust of a cross-signed
+// rotation: `openssl verify`, trusting only the previous root of each leaf's CA
+// (previousRoots, by CA file name), accepts every leaf of s through the cross-signed new root.
+func assertTrustedByPreviousRoots(t *testing.T, s *kpkiServer, previousRoots map[string]*x509.Certificate) {
+	t.Helper()
+	dir := t.TempDir()
+	for i, l := range serverLeaves(s.IP) {
+		crt := filepath.Join(s.TLSDir(), l.file+".crt")
+		certs := readCerts(t, crt)
+		var untrusted []*x509.Certificate
+		for _, c := range certs[1:] {
+			if !selfSigned(c) {
+				untrusted = append(untrusted, c)
+			}
+		}
+		for _, purpose := range leafPurposes(l) {
+			opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
+		}
+	}
 }

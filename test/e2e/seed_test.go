@@ -348,13 +348,11 @@ func rotateCustomCA(t *testing.T, s *kpkiServer, name, stage string, root *x509.
 			t.Errorf("kpki_restart_required %q before rotate-ca, want 0", v)
 		}
 	}
-	b := takeBaseline(t, s)
 	from := time.Now()
 	r := rotateCA(t, s, stageServer)
 	to := time.Now()
 	assertRotateCASaved(t, r)
-	t.Run(name+": rotate-ca saved to the datastore only", func(t *testing.T) {
-		assertTreeUnchanged(t, "rotate-ca (disks change at the next start)", b.tree, hashTree(t, dd))
+	t.Run(name+": rotate-ca saved and applied live", func(t *testing.T) {
 		rec, keys := currentRecord(t, s)
 		if len(keys) != 1 {
 			t.Errorf("bootstrap keys %v, want one", keyNames(keys))
@@ -363,9 +361,12 @@ func rotateCustomCA(t *testing.T, s *kpkiServer, name, stage string, root *x509.
 		if !bytes.Equal(rec["PasswdFile"].Content, recBefore["PasswdFile"].Content) || rec["PasswdFile"].Timestamp != recBefore["PasswdFile"].Timestamp {
 			t.Errorf("rotate-ca changed PasswdFile in the record")
 		}
+		waitLiveApplied(t, s, rec)
+		assertDiskMatchesRecord(t, dd, rec)
+		assertLeavesChainToRecord(t, s, rec)
 		if metrics != "" {
-			if v := metricValue(t, metrics, "kpki_restart_required"); v != "1" {
-				t.Errorf("kpki_restart_required %q after rotate-ca, want 1", v)
+			if v := metricValue(t, metrics, "kpki_restart_required"); v != "0" {
+				t.Errorf("kpki_restart_required %q after rotate-ca applied live, want 0", v)
 			}
 		}
 	})
@@ -541,21 +542,7 @@ func rotateCrossSigned(t *testing.T, s *kpkiServer, name, out string) *kpkiServe
 
 		// The continuous chain of trust of the seed page: a client that trusts only the
 		// previous root verifies every new leaf through the cross-signed new root.
-		dir := t.TempDir()
-		for i, l := range serverLeaves(s.IP) {
-			crt := filepath.Join(s.TLSDir(), l.file+".crt")
-			certs := readCerts(t, crt)
-			var untrusted []*x509.Certificate
-			for _, c := range certs[1:] {
-				if !selfSigned(c) {
-					untrusted = append(untrusted, c)
-				}
-			}
-			previous := previousRoots[l.ca]
-			for _, purpose := range leafPurposes(l) {
-				opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previous}, untrusted, purpose)
-			}
-		}
+		assertTrustedByPreviousRoots(t, s, previousRoots)
 	})
 	return s
 }
@@ -613,6 +600,26 @@ func TestSeedRotateCANewRoot(t *testing.T) {
 	}
 	rec, _ := currentRecord(t, s)
 	assertRecordHoldsStaged(t, rec, stageServer, from, to)
+	t.Run("rotate-ca --force applied live, as disruptive", func(t *testing.T) {
+		waitLiveApplied(t, s, rec)
+		assertDiskMatchesRecord(t, dd, rec)
+		if !waitUntil(t, 60*time.Second, func() (bool, string) {
+			return strings.Contains(s.Stderr(), "breaks continuity"), "no warning that the new CA set breaks continuity"
+		}) {
+			return
+		}
+		var warning string
+		for _, line := range strings.Split(s.Stderr(), "\n") {
+			if strings.Contains(line, "breaks continuity") {
+				warning = line
+			}
+		}
+		for _, want := range []string{"level=WARN", "disruptive", "re-join", "new agent token", derHash(newRoot)} {
+			if !strings.Contains(warning, want) {
+				t.Errorf("the warning about the forced new root lacks %q: %s", want, warning)
+			}
+		}
+	})
 
 	s = restartServer(t, s)
 	t.Run("restart after rotate-ca --force", func(t *testing.T) {
@@ -671,9 +678,15 @@ func TestSeedRotateServiceAccountKey(t *testing.T) {
 	r := rotateCA(t, s, filepath.Join(stage, "server"))
 	to := time.Now()
 	assertRotateCASaved(t, r)
-	assertTreeUnchanged(t, "rotate-ca of service.key (disks change at the next start)", before, hashTree(t, dd))
 	rec, _ := currentRecord(t, s)
 	assertRecordHoldsStaged(t, rec, filepath.Join(stage, "server"), from, to)
+	waitServiceKeyApplied(t, s, rec)
+	// The live apply changed service.key and service.current.key, nothing else.
+	for _, d := range treeDiff(before, hashTree(t, dd)) {
+		if !strings.HasPrefix(d, "changed server/tls/service.key ") && !strings.HasPrefix(d, "changed server/tls/service.current.key ") {
+			t.Errorf("rotate-ca of service.key changed more than the service-account keys: %s", d)
+		}
+	}
 
 	s = restartServer(t, s)
 	t.Run("restart after rotate-ca", func(t *testing.T) {

@@ -1246,13 +1246,17 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		if printedServer == nil || printedAgent == nil || printedServer[1] != scriptServer[1] || printedAgent[1] != scriptAgent[1] {
 			t.Errorf("rotate-ca does not print the tokens the rotate script printed:\n%s", r)
 		}
-		for _, d := range treeDiff(b.tree, hashTree(t, dd)) {
-			if !strings.HasPrefix(d, "added server/rotate-ca") {
-				t.Errorf("the rotate script or rotate-ca changed the data dir outside server/rotate-ca: %s", d)
-			}
-		}
 		rec, _ := currentRecord(t, s)
 		assertRecordHoldsStaged(t, rec, stage, from, to)
+		// The running server applies the new CAs live: its PKI files change, nothing else
+		// but the staging dir.
+		waitLiveApplied(t, s, rec)
+		assertDiskMatchesRecord(t, dd, rec)
+		for _, d := range treeDiff(b.tree, hashTree(t, dd)) {
+			if !liveApplyChange(d) && !strings.HasPrefix(d, "added server/rotate-ca") {
+				t.Errorf("the rotate script or rotate-ca changed the data dir outside server/rotate-ca and the PKI files: %s", d)
+			}
+		}
 		for _, ca := range caFiles {
 			bundle := readCerts(t, filepath.Join(stage, "tls", ca+".crt"))
 			if len(bundle) != 4 || !bundle[3].Equal(previousRoots[ca+".crt"]) || bundle[2].CheckSignatureFrom(previousRoots[ca+".crt"]) != nil || !selfSigned(bundle[1]) {
@@ -1279,20 +1283,7 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 		assertServesNewCA(t, s)
 		// The continuous chain of trust: a client trusting only the previous root verifies
 		// every new leaf through the cross-signed new root.
-		dir := t.TempDir()
-		for i, l := range serverLeaves(s.IP) {
-			crt := filepath.Join(tlsDir, l.file+".crt")
-			certs := readCerts(t, crt)
-			var untrusted []*x509.Certificate
-			for _, c := range certs[1:] {
-				if !selfSigned(c) {
-					untrusted = append(untrusted, c)
-				}
-			}
-			for _, purpose := range leafPurposes(l) {
-				opensslVerifyWith(t, filepath.Join(dir, strconv.Itoa(i)+"-"+purpose), crt, certs[0], []*x509.Certificate{previousRoots[l.ca]}, untrusted, purpose)
-			}
-		}
+		assertTrustedByPreviousRoots(t, s, previousRoots)
 	})
 
 	// Service-Account Issuer Key Rotation: the whole block, then a restart.
@@ -1309,9 +1300,14 @@ func walkSelfSigned(t *testing.T, p *seedPage) {
 	assertRotateCASaved(t, r)
 	stagedKey := h.host(t, nsStage+"/server/tls/service.key")
 	t.Run("service-account key rotate-ca", func(t *testing.T) {
-		assertTreeUnchanged(t, "rotate-ca of service.key (disks change at the next start)", before, hashTree(t, dd))
 		rec, _ := currentRecord(t, s)
 		assertRecordHoldsStaged(t, rec, h.host(t, nsStage+"/server"), from, to)
+		waitServiceKeyApplied(t, s, rec)
+		for _, d := range treeDiff(before, hashTree(t, dd)) {
+			if !strings.HasPrefix(d, "changed server/tls/service.key ") && !strings.HasPrefix(d, "changed server/tls/service.current.key ") {
+				t.Errorf("rotate-ca of service.key changed more than the service-account keys: %s", d)
+			}
+		}
 	})
 	h.page(t, "systemctl restart kpki")
 	s, _ = h.started(t)
@@ -1483,9 +1479,15 @@ install -m 0600 %[1]s/intermediate-ca.key /etc/ssl/private/
 	assertRotateCASaved(t, r)
 	stageServer := h.host(t, nsStage+"/server")
 	t.Run("custom CA rotate-ca", func(t *testing.T) {
-		assertTreeUnchanged(t, "rotate-ca (disks change at the next start)", b.tree, hashTree(t, dd))
 		rec, _ := currentRecord(t, s)
 		assertRecordHoldsStaged(t, rec, stageServer, from, to)
+		waitLiveApplied(t, s, rec)
+		assertDiskMatchesRecord(t, dd, rec)
+		for _, d := range treeDiff(b.tree, hashTree(t, dd)) {
+			if !liveApplyChange(d) {
+				t.Errorf("rotate-ca changed the data dir outside the PKI files: %s", d)
+			}
+		}
 	})
 	staged := readAll(t, filepath.Join(stageServer, "tls"), customCAFiles)
 	h.page(t, "systemctl restart kpki")

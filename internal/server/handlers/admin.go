@@ -49,10 +49,10 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	action := "rotate-ca"
+	action, what := "rotate-ca", "rotation"
 	var res *rotation.Result
 	if rollback {
-		action = "rotate-ca-rollback"
+		action, what = "rotate-ca-rollback", "rollback"
 		// Read after the record: kept files newer than the record read were written by
 		// a change made since, which the compare-and-swap below would refuse as well.
 		kept, keptRev, err := record.Previous(ctx, s.Store, pw)
@@ -75,7 +75,7 @@ func (s *API) handleRotateCA(w http.ResponseWriter, r *http.Request) {
 	}
 	if !res.OK() {
 		s.Sup.ErrorList(w, r, http.StatusBadRequest,
-			fmt.Errorf("CA %s refused; nothing was changed: %s", map[bool]string{false: "rotation", true: "rollback"}[rollback], strings.Join(res.Errors, "; ")), res.Errors)
+			fmt.Errorf("CA %s refused; nothing was changed: %s", what, strings.Join(res.Errors, "; ")), res.Errors)
 		return
 	}
 	out := api.RotateCAResponse{Result: *res, DryRun: dryRun}

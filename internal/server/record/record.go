@@ -83,18 +83,27 @@ func Read(ctx context.Context, st Store, pw string, missing func(context.Context
 	if err != nil {
 		return nil, 0, err
 	}
-	plain, err := bootstrap.Decrypt(pw, string(value))
+	rec, err := open(pw, key, value, "bootstrap data")
 	if errors.Is(err, bootstrap.ErrWrongPassphrase) {
 		return nil, 0, ErrDifferentToken
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("bootstrap data at %s: %w", key, err)
+		return nil, 0, err
+	}
+	return rec, rev, nil
+}
+
+// open decrypts with pw and parses the value stored at key; what names it in errors.
+func open(pw, key string, value []byte, what string) (*bootstrap.Record, error) {
+	plain, err := bootstrap.Decrypt(pw, string(value))
+	if err != nil {
+		return nil, fmt.Errorf("%s at %s: %w", what, key, err)
 	}
 	rec, err := bootstrap.ParseRecord(plain)
 	if err != nil {
-		return nil, 0, fmt.Errorf("bootstrap data at %s: %w", key, err)
+		return nil, fmt.Errorf("%s at %s: %w", what, key, err)
 	}
-	return rec, rev, nil
+	return rec, nil
 }
 
 // Current is Read for a server that is running: the record must exist.
@@ -145,13 +154,9 @@ func Previous(ctx context.Context, st Store, pw string) (*bootstrap.Record, int6
 	if err != nil {
 		return nil, 0, err
 	}
-	plain, err := bootstrap.Decrypt(pw, string(value))
+	rec, err := open(pw, key, value, "kept CA files")
 	if err != nil {
-		return nil, 0, fmt.Errorf("kept CA files at %s: %w", key, err)
-	}
-	rec, err := bootstrap.ParseRecord(plain)
-	if err != nil {
-		return nil, 0, fmt.Errorf("kept CA files at %s: %w", key, err)
+		return nil, 0, err
 	}
 	return rec, rev, nil
 }

@@ -3,6 +3,7 @@ package kube
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,10 +20,13 @@ type cluster struct {
 	etcd     int
 	etcdPeer int
 	api      int
-	extra    []string
-	kpki     *proc
-	apis     *proc
-	kcm      *proc
+	kcmPort  int
+	// kcmHolder is the holder of the kube-controller-manager lease once it was seen.
+	kcmHolder string
+	extra     []string
+	kpki      *proc
+	apis      *proc
+	kcm       *proc
 }
 
 func newCluster(t *testing.T, kpkiArgs ...string) *cluster {
@@ -100,13 +104,17 @@ func (c *cluster) stopAPIServer() {
 }
 
 // startControllerManager runs the CSR signing controller with kpki's CA files, one
-// signer per flag pair.
-func (c *cluster) startControllerManager() {
+// signer per flag pair; with leaderElect it holds the kube-system/kube-controller-manager
+// lease. The controller signs with system:controller:certificate-controller's rights,
+// which its own user is given first.
+func (c *cluster) startControllerManager(leaderElect bool) {
 	c.t.Helper()
+	c.admin("create", "clusterrolebinding", "kcm-csr-signing", "--clusterrole=system:controller:certificate-controller", "--user=system:kube-controller-manager")
 	kc := c.cred("controller.kubeconfig")
+	c.kcmPort = freePort(c.t)
 	args := []string{
 		"--kubeconfig=" + kc, "--authentication-kubeconfig=" + kc, "--authorization-kubeconfig=" + kc,
-		"--leader-elect=false", "--controllers=csrsigning", "--bind-address=127.0.0.1", "--secure-port=" + itoa(freePort(c.t)),
+		"--leader-elect=" + strconv.FormatBool(leaderElect), "--controllers=csrsigning", "--bind-address=127.0.0.1", "--secure-port=" + itoa(c.kcmPort),
 		"--cert-dir=" + filepath.Join(c.dir, "kcm-certs"),
 		"--cluster-signing-kubelet-serving-cert-file=" + c.tls("server-ca.nochain.crt"),
 		"--cluster-signing-kubelet-serving-key-file=" + c.tls("server-ca.key"),

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -89,19 +88,7 @@ users:
 
 func firstCert(t *testing.T, path string) *x509.Certificate {
 	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		t.Fatalf("%s holds no PEM", path)
-	}
-	c, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return readCertsFile(t, path)[0]
 }
 
 func copyFile(t *testing.T, src, dst string) {
@@ -164,49 +151,9 @@ func TestKubernetesOnKpkiPKI(t *testing.T) {
 
 	t.Run("certificates API signs with client-ca", func(t *testing.T) {
 		c.t = t
-		c.admin("create", "clusterrolebinding", "kcm-csr-signing", "--clusterrole=system:controller:certificate-controller", "--user=system:kube-controller-manager")
-		c.startControllerManager()
+		c.startControllerManager(false)
 		d := t.TempDir()
-		key, csr := filepath.Join(d, "e2e.key"), filepath.Join(d, "e2e.csr")
-		mustRun(t, "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-			"-keyout", key, "-out", csr, "-subj", "/O=e2e-group/CN=e2e-user")
-		req := readFile(t, csr)
-		obj := fmt.Sprintf(`apiVersion: certificates.k8s.io/v1
-kind: CertificateSigningRequest
-metadata:
-  name: e2e-user
-spec:
-  request: %s
-  signerName: kubernetes.io/kube-apiserver-client
-  expirationSeconds: 3600
-  usages: ["client auth"]
-`, base64.StdEncoding.EncodeToString([]byte(req)))
-		manifest := filepath.Join(d, "csr.yaml")
-		if err := os.WriteFile(manifest, []byte(obj), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		c.admin("apply", "-f", manifest)
-		c.admin("certificate", "approve", "e2e-user")
-		var issued string
-		waitFor(t, "CSR e2e-user signed", 2*time.Minute, []*proc{c.kcm, c.apis}, func() error {
-			out, err := c.kubectl(c.cred("admin.kubeconfig"), "get", "csr", "e2e-user", "-o", "jsonpath={.status.certificate}")
-			if err != nil {
-				return err
-			}
-			if out == "" {
-				return fmt.Errorf("not signed yet")
-			}
-			issued = out
-			return nil
-		})
-		der, err := base64.StdEncoding.DecodeString(issued)
-		if err != nil {
-			t.Fatal(err)
-		}
-		crt := filepath.Join(d, "e2e.crt")
-		if err := os.WriteFile(crt, der, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		crt, key := c.signedCSR(d, "e2e-user", "e2e-group")
 		mustRun(t, "openssl", "verify", "-purpose", "sslclient", "-CAfile", c.tls("client-ca.crt"), crt)
 		if got, want := firstCert(t, crt).Issuer.String(), firstCert(t, c.tls("client-ca.crt")).Subject.String(); got != want {
 			t.Errorf("issued by %s, want %s", got, want)
@@ -264,6 +211,54 @@ spec:
 		oldKC := writeKubeconfig(t, filepath.Join(d, "old.kubeconfig"), server, c.tls("server-ca.crt"), oldCrt, oldKey, "")
 		c.expectIdentity(oldKC, "system:admin", "system:masters")
 	})
+}
+
+// signedCSR makes a key and a CertificateSigningRequest for user in group (signer
+// kubernetes.io/kube-apiserver-client), approves it, waits for kube-controller-manager to
+// sign it and returns the files, in dir, of the certificate and its key.
+func (c *cluster) signedCSR(dir, user, group string) (crt, key string) {
+	c.t.Helper()
+	t := c.t
+	key, csr := filepath.Join(dir, user+".key"), filepath.Join(dir, user+".csr")
+	mustRun(t, "openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+		"-keyout", key, "-out", csr, "-subj", "/O="+group+"/CN="+user)
+	obj := fmt.Sprintf(`apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata:
+  name: %s
+spec:
+  request: %s
+  signerName: kubernetes.io/kube-apiserver-client
+  expirationSeconds: 3600
+  usages: ["client auth"]
+`, user, base64.StdEncoding.EncodeToString([]byte(readFile(t, csr))))
+	manifest := filepath.Join(dir, user+".csr.yaml")
+	if err := os.WriteFile(manifest, []byte(obj), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.admin("apply", "-f", manifest)
+	c.admin("certificate", "approve", user)
+	var issued string
+	waitFor(t, "CSR "+user+" signed", 2*time.Minute, []*proc{c.kcm, c.apis}, func() error {
+		out, err := c.kubectl(c.cred("admin.kubeconfig"), "get", "csr", user, "-o", "jsonpath={.status.certificate}")
+		if err != nil {
+			return err
+		}
+		if out == "" {
+			return fmt.Errorf("not signed yet")
+		}
+		issued = out
+		return nil
+	})
+	der, err := base64.StdEncoding.DecodeString(issued)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt = filepath.Join(dir, user+".crt")
+	if err := os.WriteFile(crt, der, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return crt, key
 }
 
 // stageServiceKey stages a new RSA key followed by the current keys (all of them when

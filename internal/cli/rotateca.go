@@ -196,6 +196,7 @@ func sendRotateCA(ctx context.Context, out, errOut io.Writer, dataDir, server st
 		return nil
 	}
 	fmt.Fprintln(out, saved+"; restart kpki on all nodes, servers first, then agents")
+	fmt.Fprintln(out, "running servers apply it live and agents follow on their next pass, without a restart; kpki certificate rotate-ca --status shows the rollout")
 	if resp.TokensChange {
 		fmt.Fprintf(out, "the CA hash changed; reconfigure every node that joined with a secure token before restarting it:\nserver token: %s\nagent token: %s\n", resp.ServerToken, resp.AgentToken)
 	}

@@ -229,6 +229,7 @@ func (s *Server) applyLive(ctx context.Context) error {
 		return nil
 	}
 	s.metrics.LiveApply.WithLabelValues("ok").Inc()
+	s.reportStatus()
 	attrs := []any{"revision", rev, "cas", cont.Changed, "service-key", cont.ServiceKey, "files", len(changed),
 		"etcd-restarted", d.restartEtcd, "tokens-change", cont.TokensChange}
 	if d.disruptive {

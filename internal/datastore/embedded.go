@@ -39,6 +39,11 @@ type EmbeddedConfig struct {
 	JoinExisting  bool
 	UnsafeNoFsync bool
 	StartTimeout  time.Duration
+
+	// sharedHTTP serves etcd's HTTP endpoints on the client port too (gRPC then goes
+	// through net/http's HTTP/2 server), as kpki did before; for the benchmark that
+	// compares the two.
+	sharedHTTP bool
 }
 
 // Embedded is a running embedded etcd member and a client connected to it. The member
@@ -105,6 +110,15 @@ func CheckDatabase(dataDir string) error {
 	return nil
 }
 
+// httpLoopback is the loopback address etcd's HTTP endpoints listen on: the bind
+// address when it is a loopback address itself, 127.0.0.1 otherwise.
+func httpLoopback(bind string) string {
+	if ip := net.ParseIP(bind); ip != nil && ip.IsLoopback() {
+		return bind
+	}
+	return "127.0.0.1"
+}
+
 // embedConfig is the etcd configuration of the member with its TLS listeners.
 func (c EmbeddedConfig) embedConfig() (*embed.Config, error) {
 	cfg := embed.NewConfig()
@@ -119,6 +133,14 @@ func (c EmbeddedConfig) embedConfig() (*embed.Config, error) {
 	ac, _ := url.Parse(c.ClientURL())
 	ap, _ := url.Parse(c.PeerURL())
 	cfg.ListenClientUrls = []url.URL{*lc}
+	// etcd's HTTP endpoints (health, version, metrics) on a port of their own, so that the
+	// client port serves gRPC natively rather than through net/http's HTTP/2 server; kpki
+	// and kube-apiserver speak only gRPC to it. Loopback, an ephemeral port: nothing of
+	// kpki uses them.
+	if !c.sharedHTTP {
+		lh, _ := url.Parse("https://" + hostPort(httpLoopback(bind), 0))
+		cfg.ListenClientHttpUrls = []url.URL{*lh}
+	}
 	cfg.ListenPeerUrls = []url.URL{*lp}
 	cfg.AdvertiseClientUrls = []url.URL{*ac}
 	cfg.AdvertisePeerUrls = []url.URL{*ap}

@@ -23,11 +23,20 @@ type etcdSnapshot map[string]struct {
 
 func snapshotPrefix(t *testing.T, cli *clientv3.Client, prefix string) etcdSnapshot {
 	t.Helper()
+	snap, err := getPrefix(cli, prefix)
+	if err != nil {
+		t.Fatalf("etcd get %s*: %v", prefix, err)
+	}
+	return snap
+}
+
+// getPrefix reads every key under prefix with its value and revision.
+func getPrefix(cli *clientv3.Client, prefix string) (etcdSnapshot, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		t.Fatalf("etcd get %s*: %v", prefix, err)
+		return nil, err
 	}
 	snap := etcdSnapshot{}
 	for _, kv := range resp.Kvs {
@@ -36,7 +45,7 @@ func snapshotPrefix(t *testing.T, cli *clientv3.Client, prefix string) etcdSnaps
 			modRevision int64
 		}{string(kv.Value), kv.ModRevision}
 	}
-	return snap
+	return snap, nil
 }
 
 // TestServerAdoptsK3sBootstrapRecord puts a bootstrap record written the K3s way into a Debian

@@ -8,6 +8,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
@@ -193,31 +194,57 @@ func derHash(c *x509.Certificate) string {
 type bootstrapRecord map[string]bootstrapEntry
 
 // bootstrapKeys returns every /bootstrap/ key of the embedded etcd of s with its raw value and
-// revision, read with the etcd client certificate of the data dir.
+// revision, read with the etcd client certificate of the data dir. A live apply may be
+// restarting the member with new certificates: a read that fails is tried again, with the
+// files as they are then, for up to a minute.
 func bootstrapKeys(t *testing.T, s *kpkiServer) etcdSnapshot {
 	t.Helper()
 	return embeddedPrefix(t, s, "/bootstrap/")
 }
 
 // embeddedPrefix returns every key under prefix of the embedded etcd of s with its raw
-// value and revision, read with the etcd client certificate of the data dir.
+// value and revision, read with the etcd client certificate of the data dir, retried as
+// bootstrapKeys says.
 func embeddedPrefix(t *testing.T, s *kpkiServer, prefix string) etcdSnapshot {
 	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		snap, err := readPrefix(s, prefix)
+		if err == nil {
+			return snap
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("etcd get %s* of %s: %v", prefix, s.IP, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// readPrefix is one attempt of embeddedPrefix.
+func readPrefix(s *kpkiServer, prefix string) (etcdSnapshot, error) {
 	tlsDir := s.TLSDir()
-	cfg := tlsFromFiles(t, filepath.Join(tlsDir, "etcd", "server-ca.crt"),
-		filepath.Join(tlsDir, "etcd", "client.crt"), filepath.Join(tlsDir, "etcd", "client.key"))
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(filepath.Join(tlsDir, "etcd", "server-ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool.AppendCertsFromPEM(caPEM)
+	pair, err := tls.LoadX509KeyPair(filepath.Join(tlsDir, "etcd", "client.crt"), filepath.Join(tlsDir, "etcd", "client.key"))
+	if err != nil {
+		return nil, err
+	}
 	endpoint := "https://" + net.JoinHostPort(s.IP, strconv.Itoa(s.Ports.EtcdClient))
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{endpoint},
 		DialTimeout: 5 * time.Second,
-		TLS:         cfg,
+		TLS:         &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
 		Logger:      zap.NewNop(),
 	})
 	if err != nil {
-		t.Fatalf("etcd client for %s: %v", endpoint, err)
+		return nil, err
 	}
 	defer cli.Close()
-	return snapshotPrefix(t, cli, prefix)
+	return getPrefix(cli, prefix)
 }
 
 func keyNames(snap etcdSnapshot) []string {

@@ -99,9 +99,25 @@ func Pin(body []byte, tok token.Token, now time.Time) (*Trust, error) {
 }
 
 // Local is the trust of a CA bundle read from a server's own data dir: the anchor is
-// the root its first certificate reaches, as on a first use without a pin.
+// the root its first certificate reaches, as on a first use without a pin. Every other
+// self-signed CA of the bundle (the old root a cross-signed rotation keeps) is a root
+// too: the file is the server's own, and while it applies a rotation or its rollback
+// live, its supervisor may still serve, for a moment, a chain to the root of before.
 func Local(bundle []byte, now time.Time) (*Trust, error) {
-	return Pin(bundle, token.Token{}, now)
+	t, err := Pin(bundle, token.Token{}, now)
+	if err != nil {
+		return nil, err
+	}
+	list, err := parse(bundle)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range list {
+		if len(t.Roots) < MaxRoots && isCA(c) && c.CheckSignatureFrom(c) == nil && !containsCert(t.Roots, c) {
+			t.Roots = append(t.Roots, c)
+		}
+	}
+	return t, nil
 }
 
 // Follow decides whether a later /cacerts body, fetched over TLS verified against t,

@@ -646,7 +646,23 @@ func TestLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkTrust(t, tr, newRoot.Cert, newCA.Cert, newRoot.Cert)
+	if !tr.Anchor.Equal(newRoot.Cert) || !SameCerts(tr.Chain, []*x509.Certificate{newCA.Cert, newRoot.Cert}) {
+		t.Errorf("anchor %q chain %s, want the new root and the chain to it", tr.Anchor.Subject.CommonName, names(tr.Chain))
+	}
+	// The old root the bundle keeps is trusted too: a supervisor still serving the chain
+	// of before, in the middle of a live apply, verifies.
+	if len(tr.Roots) != 2 || !tr.Roots[0].Equal(newRoot.Cert) || !tr.Roots[1].Equal(old.Cert) {
+		t.Fatalf("roots %s, want the new root then the old one", subjects(tr.Roots))
+	}
+	if _, err := old.Cert.Verify(x509.VerifyOptions{Roots: tr.Pool(), CurrentTime: start}); err != nil {
+		t.Errorf("the old root does not verify against the local trust: %v", err)
+	}
+	// A bundle of one CA alone trusts it alone.
+	one, err := Local(pki.EncodeCert(old.Cert), start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkTrust(t, one, old.Cert, old.Cert)
 }
 
 func pool(pemBytes []byte) *x509.CertPool {

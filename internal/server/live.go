@@ -336,13 +336,16 @@ func (s *Server) restartEtcd(ctx context.Context, disruptive bool) error {
 	}
 	s.etcdCAsRunning = s.etcdCAFiles()
 	healthy := s.waitEtcdHealthy(ctx)
+	if healthy == nil {
+		// Logged before the lock is released: the next server's restart starts after it.
+		s.log.Info("embedded etcd restarted with its new certificates and is healthy")
+	}
 	if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
 		s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
 	}
 	if healthy != nil {
 		return fmt.Errorf("embedded etcd restarted but does not serve the cluster: %w", healthy)
 	}
-	s.log.Info("embedded etcd restarted with its new certificates and is healthy")
 	return nil
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -13,13 +14,25 @@ import (
 	"time"
 )
 
-// applyRotation waits until s has taken the CA rotation saved by rotate-ca live, without a
-// restart, and returns it.
+// applyRotation waits until s has taken the CA rotation (or rollback) saved by rotate-ca
+// live, without a restart, up to its last step (an etcd restart included), and returns it.
 func applyRotation(t *testing.T, s *kpkiServer) *kpkiServer {
 	t.Helper()
 	pid := s.cmd.Process.Pid
-	rec, _ := currentRecord(t, s)
-	if !waitUntil(t, 90*time.Second, func() (bool, string) { return liveApplied(s, rec) }) {
+	rec, keys := currentRecord(t, s)
+	rev := keys[bootstrapKey(passphrase(readTokenFile(t, s.DataDir, "token")))].modRevision
+	done := fmt.Sprintf("revision=%d ", rev)
+	if !waitUntil(t, 90*time.Second, func() (bool, string) {
+		if ok, why := liveApplied(s, rec); !ok {
+			return false, why
+		}
+		for _, line := range strings.Split(s.Stderr(), "\n") {
+			if strings.Contains(line, done) && (strings.Contains(line, "applied the new bootstrap data live") || strings.Contains(line, "breaks continuity")) {
+				return true, ""
+			}
+		}
+		return false, "the live apply of revision " + strconv.FormatInt(rev, 10) + " has not finished"
+	}) {
 		t.Fatalf("the server did not apply the rotation live:\n%s", s.tail(40))
 	}
 	if s.exited() || s.cmd.Process.Pid != pid {

@@ -151,18 +151,22 @@ func TestRotateCAStatus(t *testing.T) {
 	if newGen == oldGen {
 		t.Fatal("cross-sign-ca staged the same CA generation")
 	}
-	st = rolloutStatus(t, s)
+	// The server applies the rotation live and then reports the new generation; the agents
+	// (run with --once) have not run since.
+	s = applyRotation(t, s)
+	if !waitUntil(t, 90*time.Second, func() (bool, string) {
+		st = rolloutStatus(t, s)
+		return len(st.Nodes) > 0 && st.Nodes[0].State == "current", st.states()
+	}) {
+		t.Fatalf("the server did not report the new generation after its live apply:\n%s", s.tail(30))
+	}
 	if st.Current.Generation != newGen {
 		t.Fatalf("current generation after rotate-ca %s, want the staged %s", st.Current.Generation, newGen)
 	}
-	// The server reports what its files hold: pending until it uses the new CAs.
-	srvState := "pending"
-	if onDisk := caGeneration(t, s.TLSDir()); onDisk == newGen {
-		srvState = "current"
-	} else if st.Nodes[0].Generation != onDisk {
-		t.Errorf("the server reports generation %s, its files hold %s", st.Nodes[0].Generation, onDisk)
+	if onDisk := caGeneration(t, s.TLSDir()); onDisk != newGen {
+		t.Errorf("the server's files hold generation %s after its live apply, want %s", onDisk, newGen)
 	}
-	if got, want := st.states(), "e2e-node/server/"+srvState+" worker-1/agent/pending worker-2/agent/pending"; got != want {
+	if got, want := st.states(), "e2e-node/server/current worker-1/agent/pending worker-2/agent/pending"; got != want {
 		t.Errorf("after rotate-ca: nodes %q, want %q", got, want)
 	}
 	for _, n := range st.Nodes[1:] {
@@ -179,7 +183,7 @@ func TestRotateCAStatus(t *testing.T) {
 		t.Errorf("text status after rotate-ca:\n%s", text)
 	}
 
-	// The server restarted and the agents run again (with the new token): all current.
+	// The seed page's restart, and the agents run again (with the new token): all current.
 	s = restartServer(t, s, "--metrics-address", metricsAddr)
 	runAgents(agentToken(t, s))
 	st = rolloutStatus(t, s)

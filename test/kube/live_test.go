@@ -139,9 +139,19 @@ func (c *cluster) waitLive(want caSet, root, other *x509.Certificate) {
 			return fmt.Errorf("kube-apiserver's chain verifies against %s alone too", other.Subject)
 		}
 		// kube-apiserver reloads client-ca.crt on its own schedule; the re-issued admin
-		// certificate authenticates once it has.
-		_, err = c.whoami(c.cred("admin.kubeconfig"))
-		return err
+		// certificate authenticates once it has. Its etcd client reconnects to the embedded
+		// member kpki restarted with its new certificates; /healthz checks etcd.
+		if _, err := c.whoami(c.cred("admin.kubeconfig")); err != nil {
+			return err
+		}
+		out, err := c.kubectl(c.cred("admin.kubeconfig"), "get", "--raw", "/healthz")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) != "ok" {
+			return &unexpected{out}
+		}
+		return nil
 	})
 }
 

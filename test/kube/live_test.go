@@ -70,8 +70,11 @@ func TestLiveCARotation(t *testing.T) {
 	t.Run("rotate-ca --rollback applied live", func(t *testing.T) {
 		c.t = t
 		applied := time.Now()
+		// Not logged: the output holds the join tokens.
 		out := mustRun(t, bins.kpki, "certificate", "rotate-ca", "--rollback", "--data-dir", c.dd, "--server", c.supervisorURL())
-		t.Logf("rotate-ca --rollback:\n%s", out)
+		if !strings.Contains(out, "restored to the datastore") {
+			t.Fatalf("rotate-ca --rollback does not say the kept CA files were restored (%d bytes of output)", len(out))
+		}
 		// Served under the old server CA again, verified against the old root alone and no
 		// longer against the new root alone.
 		c.waitLive(cur, oldRoot, staged.server[1])
@@ -139,9 +142,19 @@ func (c *cluster) waitLive(want caSet, root, other *x509.Certificate) {
 			return fmt.Errorf("kube-apiserver's chain verifies against %s alone too", other.Subject)
 		}
 		// kube-apiserver reloads client-ca.crt on its own schedule; the re-issued admin
-		// certificate authenticates once it has.
-		_, err = c.whoami(c.cred("admin.kubeconfig"))
-		return err
+		// certificate authenticates once it has. Its etcd client reconnects to the embedded
+		// member kpki restarted with its new certificates; /healthz checks etcd.
+		if _, err := c.whoami(c.cred("admin.kubeconfig")); err != nil {
+			return err
+		}
+		out, err := c.kubectl(c.cred("admin.kubeconfig"), "get", "--raw", "/healthz")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(out) != "ok" {
+			return &unexpected{out}
+		}
+		return nil
 	})
 }
 

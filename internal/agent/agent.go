@@ -399,7 +399,7 @@ func (a *Agent) recordPass(res Result, err error) {
 	m.Signed.WithLabelValues("renew").Add(float64(len(res.Renewed)))
 	m.CertExpiry.Reset()
 	for _, f := range a.certFiles() {
-		if c := firstCert(f); c != nil {
+		if c := datadir.FirstCert(f); c != nil {
 			metrics.SetCertExpiry(m.CertExpiry, f, c)
 		}
 	}

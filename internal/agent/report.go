@@ -11,7 +11,6 @@ import (
 	"github.com/kpki/kpki/internal/api"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/datadir"
-	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/rollout"
 )
 
@@ -32,19 +31,6 @@ func (a *Agent) certFiles() []string {
 		files = append(files, crt)
 	}
 	return files
-}
-
-// firstCert is the first certificate of file; nil when it is missing or does not parse.
-func firstCert(file string) *x509.Certificate {
-	data, err := datadir.ReadOptional(file)
-	if err != nil || data == nil {
-		return nil
-	}
-	list, err := pki.ParseCerts(data)
-	if err != nil {
-		return nil
-	}
-	return list[0]
 }
 
 // report tells the server which CA generation and certificates the node holds once a
@@ -89,7 +75,7 @@ func (a *Agent) status() (api.NodeStatus, error) {
 			continue
 		}
 		f := a.layout.Agent(spec.CertFile)
-		c := firstCert(f)
+		c := datadir.FirstCert(f)
 		if c == nil {
 			return rep, fmt.Errorf("%s is missing or holds no certificate", f)
 		}
@@ -100,6 +86,6 @@ func (a *Agent) status() (api.NodeStatus, error) {
 		return rep, err
 	}
 	rep.Generation = g
-	rep.Certificates = rollout.Certificates(a.layout.Root, a.certFiles(), datadir.ReadOptional)
+	rep.Certificates = rollout.Certificates(a.layout.Root, a.certFiles(), datadir.FirstCert)
 	return rep, nil
 }

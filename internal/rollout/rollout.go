@@ -6,6 +6,7 @@
 package rollout
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/node"
-	"github.com/kpki/kpki/internal/pki"
 )
 
 // KeyPrefix holds one report per node, KeyPrefix + node name: the JSON of a Report.
@@ -104,22 +104,18 @@ func (r Report) Check() error {
 // Certificates lists the expiry of the first certificate of each of files, named
 // relative to root with "/". read returns a file's content (nil for a missing file);
 // a file that cannot be read or parsed is left out.
-func Certificates(root string, files []string, read func(string) ([]byte, error)) []Cert {
+func Certificates(root string, files []string, first func(string) *x509.Certificate) []Cert {
 	out := []Cert{}
 	for _, f := range files {
-		data, err := read(f)
-		if err != nil || data == nil {
-			continue
-		}
-		list, err := pki.ParseCerts(data)
-		if err != nil {
+		c := first(f)
+		if c == nil {
 			continue
 		}
 		rel, err := filepath.Rel(root, f)
 		if err != nil {
 			continue
 		}
-		out = append(out, Cert{File: filepath.ToSlash(rel), NotAfter: list[0].NotAfter.UTC()})
+		out = append(out, Cert{File: filepath.ToSlash(rel), NotAfter: c.NotAfter.UTC()})
 	}
 	return out
 }

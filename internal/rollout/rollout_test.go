@@ -13,6 +13,7 @@ import (
 
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/pki"
 )
 
@@ -218,14 +219,7 @@ func TestCertificatesListsTheFirstCertificateOfEachFile(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("not PEM"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	read := func(p string) ([]byte, error) {
-		b, err := os.ReadFile(p)
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return b, err
-	}
-	got := Certificates(root, []string{good, bad, filepath.Join(dir, "missing.crt")}, read)
+	got := Certificates(root, []string{good, bad, filepath.Join(dir, "missing.crt")}, datadir.FirstCert)
 	first, _ := pki.ParseCerts(files[certs.ServerCA])
 	if len(got) != 1 || got[0].File != "agent/server-ca.crt" || !got[0].NotAfter.Equal(first[0].NotAfter) {
 		t.Errorf("Certificates: %+v", got)

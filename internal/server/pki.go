@@ -421,7 +421,7 @@ func (s *Server) updateExpiryMetrics() {
 	s.updateCAExpiryMetrics()
 	s.metrics.CertExpiry.Reset()
 	for _, file := range s.certFiles() {
-		if c := firstCertOf(file); c != nil {
+		if c := datadir.FirstCert(file); c != nil {
 			s.metrics.CertExpiry.WithLabelValues(file, c.Subject.String(), metrics.Usages(c)).Set(float64(c.NotAfter.Unix()))
 		}
 	}
@@ -439,19 +439,6 @@ func (s *Server) certFiles() []string {
 		files = append(files, crt)
 	}
 	return files
-}
-
-// firstCertOf is the first certificate of file; nil when it cannot be read or parsed.
-func firstCertOf(file string) *x509.Certificate {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		return nil
-	}
-	list, err := pki.ParseCerts(data)
-	if err != nil {
-		return nil
-	}
-	return list[0]
 }
 
 func (s *Server) serverCABundle() []byte {

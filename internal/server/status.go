@@ -5,10 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"os"
 	"time"
 
 	"github.com/kpki/kpki/internal/certs"
+	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/datastore"
 	"github.com/kpki/kpki/internal/rollout"
 )
@@ -58,7 +58,7 @@ func (s *Server) ownStatus() (rollout.Report, error) {
 	if rep.ServerGeneration, err = certs.ServerGeneration(signers); err != nil {
 		return rep, err
 	}
-	rep.Certificates = rollout.Certificates(s.layout.Root, s.certFiles(), os.ReadFile)
+	rep.Certificates = rollout.Certificates(s.layout.Root, s.certFiles(), datadir.FirstCert)
 	return rep, nil
 }
 

@@ -252,6 +252,14 @@ func (e *Embedded) watch(m *member) {
 	}()
 }
 
+// SetTrust sets the trusted CA files the member is restarted with (Restart) and kpki's
+// client checks the member with: the client port's (serverCA) and the peers' (peerCA).
+func (e *Embedded) SetTrust(serverCA, peerCA string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cfg.ServerCA, e.cfg.PeerCA = serverCA, peerCA
+}
+
 // Restart stops the member and starts it again from its data dir, with the certificate
 // files as they are now (the same paths, new contents), then reconnects the Store with
 // the new client certificate. The member keeps its identity and data: to the cluster it
@@ -259,10 +267,10 @@ func (e *Embedded) watch(m *member) {
 // error is also reported on Err: the server cannot go on without its datastore.
 func (e *Embedded) Restart(ctx context.Context) error {
 	e.mu.Lock()
-	old := e.member
+	old, cfg := e.member, e.cfg
 	e.mu.Unlock()
 	old.stop()
-	m, err := startMember(ctx, e.cfg)
+	m, err := startMember(ctx, cfg)
 	if err != nil {
 		err = fmt.Errorf("restart embedded etcd: %w", err)
 		select {
@@ -272,7 +280,7 @@ func (e *Embedded) Restart(ctx context.Context) error {
 		return err
 	}
 	e.watch(m)
-	if err := e.Store.reconnect(ctx, e.cfg.clientTLS(), 10*time.Second); err != nil {
+	if err := e.Store.reconnect(ctx, cfg.clientTLS(), 10*time.Second); err != nil {
 		return fmt.Errorf("reconnect to the restarted embedded etcd: %w", err)
 	}
 	return nil

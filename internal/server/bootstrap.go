@@ -53,8 +53,11 @@ func (s *Server) reconcile(ctx context.Context) (bool, []string, error) {
 // applyRecord makes the disk match rec under the rules of SPEC §6 and returns the
 // files it wrote.
 func (s *Server) applyRecord(rec *bootstrap.Record) ([]string, error) {
-	writes, _, err := s.planRecord(rec)
+	writes, disk, err := s.planRecord(rec)
 	if err != nil {
+		return nil, err
+	}
+	if _, err := s.classifyRecord(disk, rec); err != nil {
 		return nil, err
 	}
 	return s.applyWrites(writes, true)

@@ -132,6 +132,8 @@ func disruptionAdvice(c rotation.Continuity) string {
 	var parts []string
 	for _, id := range c.Broken {
 		switch id {
+		case certs.ETCDServerCA:
+			parts = append(parts, "the embedded etcd members move to the new etcd root one at a time without losing quorum; kube-apiserver reads --etcd-cafile only at start: restart it once its server has applied the new set")
 		case certs.ServerCA:
 			parts = append(parts, "agents and clients no longer trust the servers' certificates: every agent must re-join with the new agent token (kpki token, or the agent-token file), and kubeconfigs must be taken anew")
 		case certs.ClientCA:
@@ -161,6 +163,10 @@ func (s *Server) liveApplyLoop(ctx context.Context) {
 		}
 	}
 	defer stopRetry()
+	if s.activeTransition() != nil {
+		// An etcd CA transition this server had not finished: resume it.
+		s.RecordChanged()
+	}
 	for {
 		var retryC <-chan time.Time
 		if retry != nil {
@@ -218,8 +224,13 @@ func (s *Server) applyLive(ctx context.Context) error {
 		return err
 	}
 	s.own.Set(rev)
-	if d.restartEtcd {
-		if err := s.restartEtcd(ctx, cont.Disruptive()); err != nil {
+	if t := s.activeTransition(); t != nil && s.embedded != nil {
+		d.restartEtcd = true
+		if err := s.runEtcdTransition(ctx, t); err != nil {
+			return err
+		}
+	} else if d.restartEtcd {
+		if err := s.restartEtcd(ctx); err != nil {
 			return err
 		}
 	}
@@ -255,7 +266,10 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 	if err != nil {
 		return liveDecision{}, rotation.Continuity{}, nil, err
 	}
-	cont := rotation.Classify(diskRecord(disk), rec, s.clock.Now())
+	cont, err := s.classifyRecord(disk, rec)
+	if err != nil {
+		return liveDecision{}, cont, nil, err
+	}
 	changed, err := s.applyWrites(writes, false)
 	if err != nil {
 		return liveDecision{}, cont, nil, err
@@ -287,6 +301,17 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 	s.setLive(cas, &serving)
 	s.updateExpiryMetrics()
 	return decideLive(cont, s.embedded != nil, s.etcdCAsRunning, s.etcdCAFiles()), cont, changed, nil
+}
+
+// classifyRecord relates rec's CA set to the one on disk (disk, from planRecord) and,
+// when the embedded member's CAs become a new root, prepares the etcd CA transition
+// before any file is replaced.
+func (s *Server) classifyRecord(disk map[string]bootstrap.DiskFile, rec *bootstrap.Record) (rotation.Continuity, error) {
+	cont := rotation.Classify(diskRecord(disk), rec, s.clock.Now())
+	if s.cfg.DatastoreEndpoint != "" || !etcdRootBroken(cont) || !s.etcdCAsOnDisk(disk) {
+		return cont, nil
+	}
+	return cont, s.beginEtcdTransition(disk, rec)
 }
 
 // takeRecordPasswd makes a passwd file the apply wrote (another server repaired it in
@@ -322,13 +347,10 @@ func diskRecord(disk map[string]bootstrap.DiskFile) *bootstrap.Record {
 
 // restartEtcd restarts the embedded member with its new certificates while holding
 // the cluster's etcd restart lock, and releases it once the member serves again.
-func (s *Server) restartEtcd(ctx context.Context, disruptive bool) error {
+func (s *Server) restartEtcd(ctx context.Context) error {
 	lock, err := s.store.Lock(ctx, etcdRestartLock, s.r.nodeName, etcdLockTTL, etcdLockWait, etcdLockPoll, s.clock)
 	if err != nil {
 		return fmt.Errorf("etcd CAs changed, but the etcd restart lock was not taken: %w", err)
-	}
-	if disruptive {
-		s.log.Warn("the etcd CAs are a new root: until every server has restarted its member, members under the old and the new CAs do not trust each other")
 	}
 	s.log.Info("restarting embedded etcd with its new certificates", "lock", lock.Key)
 	if err := s.embedded.Restart(ctx); err != nil {

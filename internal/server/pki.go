@@ -92,6 +92,7 @@ func (s *Server) etcdConfig() datastore.EmbeddedConfig {
 	crt, key := s.leafPaths(certs.ServerNode, "etcd/server-client")
 	pcrt, pkey := s.leafPaths(certs.ServerNode, "etcd/peer-server-client")
 	ccrt, ckey := s.leafPaths(certs.ServerNode, "etcd/client")
+	serverCA, peerCA := s.etcdTrust()
 	return datastore.EmbeddedConfig{
 		Name:          s.r.nodeName,
 		DataDir:       s.layout.EtcdDir(),
@@ -102,10 +103,10 @@ func (s *Server) etcdConfig() datastore.EmbeddedConfig {
 		PeerPort:      s.cfg.EtcdPeerPort,
 		ServerCert:    crt,
 		ServerKey:     key,
-		ServerCA:      s.layout.TLS(certs.CA(certs.ETCDServerCA).CertFile),
+		ServerCA:      serverCA,
 		PeerCert:      pcrt,
 		PeerKey:       pkey,
-		PeerCA:        s.layout.TLS(certs.CA(certs.ETCDPeerCA).CertFile),
+		PeerCA:        peerCA,
 		ClientCert:    ccrt,
 		ClientKey:     ckey,
 		UnsafeNoFsync: s.cfg.EtcdUnsafeNoFsync,
@@ -373,6 +374,10 @@ func (s *Server) ensureLeaves(actor string) ([]string, error) {
 
 // ensureLeavesUnder plans and applies every server leaf under cas.
 func (s *Server) ensureLeavesUnder(actor string, cas map[certs.CAID]*pki.CA) ([]string, error) {
+	cas, err := s.leafSigners(cas)
+	if err != nil {
+		return nil, err
+	}
 	var changed []string
 	app := s.applier()
 	params := s.params()

@@ -470,3 +470,41 @@ func (s *Store) Healthy(ctx context.Context, timeout time.Duration) error {
 	}
 	return err
 }
+
+// PeersServing counts the other members of the cluster (all but self, a member name)
+// that answer a status request within timeout, and returns the names of those that do
+// not, and the cluster's size.
+func (s *Store) PeersServing(ctx context.Context, self string, timeout time.Duration) (serving int, down []string, members int, err error) {
+	cli := s.client()
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	resp, err := cli.MemberList(lctx)
+	cancel()
+	if err != nil {
+		return 0, nil, 0, wrap("member list", "", err)
+	}
+	for _, m := range resp.Members {
+		if m.Name == self {
+			continue
+		}
+		ok := false
+		for _, u := range m.ClientURLs {
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			_, serr := cli.Status(sctx, u)
+			cancel()
+			if serr == nil {
+				ok = true
+				break
+			}
+		}
+		name := m.Name
+		if name == "" {
+			name = fmt.Sprintf("%x (not started)", m.ID)
+		}
+		if ok {
+			serving++
+		} else {
+			down = append(down, name)
+		}
+	}
+	return serving, down, len(resp.Members), nil
+}

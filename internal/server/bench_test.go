@@ -10,7 +10,7 @@ import (
 )
 
 // newOffline returns a server whose PKI steps can run without a datastore.
-func newOffline(b *testing.B, dir string, c clock.Clock, stats *pki.Stats) *Server {
+func newOffline(b testing.TB, dir string, c clock.Clock, stats *pki.Stats) *Server {
 	b.Helper()
 	s, err := New(testConfig(b, dir), Options{Log: quietLog(), Clock: c, Stats: stats})
 	if err != nil {

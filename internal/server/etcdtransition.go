@@ -326,6 +326,9 @@ func (s *Server) transitionPhase(ctx context.Context, t *etcdTransition, p int) 
 			return err
 		}
 	}
+	if err := s.waitQuorumWithoutMe(ctx); err != nil {
+		return err
+	}
 	s.embedded.SetTrust(s.etcdTrust())
 	s.log.Info("restarting embedded etcd for the etcd CA transition", "transition", t.ID, "phase", p)
 	if err := s.embedded.Restart(ctx); err != nil {

@@ -44,6 +44,9 @@ const (
 	// etcdLockWait is how long a server waits for the others' restarts.
 	etcdLockWait = 10 * time.Minute
 	etcdLockPoll = 500 * time.Millisecond
+	// etcdQuorumWait bounds the wait, holding the lock, for the other members to serve
+	// before this one restarts; well within the lock's lease, which is not renewed.
+	etcdQuorumWait = 45 * time.Second
 	// etcdHealthWait bounds the wait for the restarted member to serve the cluster.
 	etcdHealthWait = time.Minute
 )
@@ -304,14 +307,30 @@ func (s *Server) applyFiles(rec *bootstrap.Record) (liveDecision, rotation.Conti
 }
 
 // classifyRecord relates rec's CA set to the one on disk (disk, from planRecord) and,
-// when the embedded member's CAs become a new root, prepares the etcd CA transition
-// before any file is replaced.
+// when the embedded members' CAs become a new root in a cluster of more than one member,
+// prepares the etcd CA transition before any file is replaced. A lone member has no
+// peer to keep trusting: it restarts once under the new CAs.
 func (s *Server) classifyRecord(disk map[string]bootstrap.DiskFile, rec *bootstrap.Record) (rotation.Continuity, error) {
 	cont := rotation.Classify(diskRecord(disk), rec, s.clock.Now())
-	if s.cfg.DatastoreEndpoint != "" || !etcdRootBroken(cont) || !s.etcdCAsOnDisk(disk) {
+	if s.cfg.DatastoreEndpoint != "" || !etcdRootBroken(cont) || !s.etcdCAsOnDisk(disk) || s.etcdMembers() == 1 {
 		return cont, nil
 	}
 	return cont, s.beginEtcdTransition(disk, rec)
+}
+
+// etcdMembers is the size of the embedded etcd cluster; 0 when it is not known (no
+// member running yet, or no answer).
+func (s *Server) etcdMembers() int {
+	if s.embedded == nil || s.store == nil {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := s.store.Client().MemberList(ctx)
+	if err != nil {
+		return 0
+	}
+	return len(resp.Members)
 }
 
 // takeRecordPasswd makes a passwd file the apply wrote (another server repaired it in
@@ -352,6 +371,10 @@ func (s *Server) restartEtcd(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("etcd CAs changed, but the etcd restart lock was not taken: %w", err)
 	}
+	if err := s.waitQuorumWithoutMe(ctx); err != nil {
+		_ = lock.Unlock(context.WithoutCancel(ctx))
+		return err
+	}
 	s.log.Info("restarting embedded etcd with its new certificates", "lock", lock.Key)
 	if err := s.embedded.Restart(ctx); err != nil {
 		return err
@@ -382,6 +405,35 @@ func (s *Server) waitEtcdHealthy(ctx context.Context) error {
 		}
 		if serr := clock.Sleep(ctx, s.clock, etcdLockPoll); serr != nil {
 			return serr
+		}
+	}
+}
+
+// waitQuorumWithoutMe waits, for at most etcdQuorumWait, until the other members that
+// serve are a quorum of the cluster on their own: restarting this member then leaves the
+// cluster a leader. A cluster of one member has no such quorum; its restart is the
+// outage it cannot avoid.
+func (s *Server) waitQuorumWithoutMe(ctx context.Context) error {
+	deadline := s.clock.Now().Add(etcdQuorumWait)
+	var lastLog time.Time
+	for {
+		serving, down, members, err := s.store.PeersServing(ctx, s.r.nodeName, 3*time.Second)
+		if err == nil && (members <= 1 || serving >= members/2+1) {
+			return nil
+		}
+		now := s.clock.Now()
+		if !now.Before(deadline) {
+			if err != nil {
+				return fmt.Errorf("embedded etcd not restarted: the other members' state is unknown: %w", err)
+			}
+			return fmt.Errorf("embedded etcd not restarted: without it the cluster would have no quorum (members not serving: %s)", strings.Join(down, ", "))
+		}
+		if now.Sub(lastLog) >= 15*time.Second {
+			s.log.Warn("waiting for the other etcd members before restarting this one: without it the cluster would have no quorum", "not-serving", down, "error", err)
+			lastLog = now
+		}
+		if err := clock.Sleep(ctx, s.clock, etcdLockPoll); err != nil {
+			return err
 		}
 	}
 }

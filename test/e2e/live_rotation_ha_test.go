@@ -100,6 +100,7 @@ func liveCluster(t *testing.T) ([]*kpkiServer, []string) {
 // sampleReady samples readyCount(servers) every 100 ms (at most 3000 times) until the
 // returned function is called; it returns the samples.
 func sampleReady(servers []*kpkiServer) func() []int {
+	servers = slices.Clone(servers) // the caller may replace a restarted server
 	stop := make(chan struct{})
 	var mu sync.Mutex
 	var samples []int
@@ -392,5 +393,50 @@ func assertTransitionOrdered(t *testing.T, servers []*kpkiServer) {
 		case open != nil && open.server == e.server:
 			open = nil
 		}
+	}
+}
+
+// TestLiveForcedRootServerKilled: the forced etcd root transition of
+// TestLiveForcedRootThreeServers with the second server SIGKILLed once its member has
+// trusted both roots. While it is down no other member restarts (the two left would lose
+// quorum); restarted with the new token, it resumes its transition from its state on disk,
+// and all three end under the new root only.
+func TestLiveForcedRootServerKilled(t *testing.T) {
+	t.Parallel()
+	requireTools(t, "openssl", "bash")
+	servers, metrics := liveCluster(t)
+	s1, s2 := servers[0], servers[1]
+	stage := filepath.Join(t.TempDir(), "opt-kpki")
+	runGenCustomCA(t, stage)
+
+	avail := sampleReady(servers)
+	assertRotateCASaved(t, rotateCA(t, s1, filepath.Join(stage, "server"), "--force"))
+	rec, _ := currentRecord(t, s1)
+	if !waitUntil(t, 3*time.Minute, func() (bool, string) {
+		return strings.Contains(s2.Stderr(), `msg="embedded etcd reached the etcd CA transition phase"`), "the second server's member has not reached phase 1"
+	}) {
+		t.Fatalf("server %s:\n%s", s2.IP, s2.tail(30))
+	}
+	s2.Kill(t)
+	killedAt := time.Now()
+	t.Logf("SIGKILLed %s after its member reached phase 1", s2.IP)
+	restarted := launch(t, serverSpec{dataDir: s2.DataDir, ip: s2.IP, ports: &s2.Ports,
+		args: []string{"--node-name", "live-2", "--server", s1.SupervisorURL(), "--token", readTokenFile(t, s2.DataDir, "token"), "--metrics-address", metrics[1]}})
+	restarted.WaitReady(t)
+	t.Logf("%s restarted after %s", s2.IP, time.Since(killedAt).Round(time.Millisecond))
+	servers[1] = restarted
+	waitAllLiveDone(t, servers, metrics, rec)
+	assertQuorumKept(t, avail())
+
+	haWaitMembers(t, s1, servers...)
+	agentPW := haAgentPassword(t, s1)
+	for i, s := range servers {
+		assertDiskMatchesRecord(t, s.DataDir, rec)
+		assertLeavesChainToRecord(t, s, rec)
+		if _, err := os.Stat(filepath.Join(s.TLSDir(), "etcd", "transition")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("server %s: the etcd CA transition dir is still there (%v)", s.IP, err)
+		}
+		r := haSignSettled(t, s, agentPW, fmt.Sprintf("killed-node-%d", i+1), randomHex(16))
+		haCheckSigned(t, fmt.Sprintf("kube-proxy CSR signed by %s after the forced rotation", s.IP), r, filepath.Join(s.TLSDir(), "client-ca.crt"))
 	}
 }

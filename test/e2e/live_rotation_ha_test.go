@@ -440,3 +440,51 @@ func TestLiveForcedRootServerKilled(t *testing.T) {
 		haCheckSigned(t, fmt.Sprintf("kube-proxy CSR signed by %s after the forced rotation", s.IP), r, filepath.Join(s.TLSDir(), "client-ca.crt"))
 	}
 }
+
+// TestLiveCARotationWithServerDown: a cross-signed rotation made while one of three
+// servers is down. The other two apply the new files but do not restart their members,
+// which would leave the cluster without quorum, until the third is back; then all three
+// finish, and the two kept answering throughout.
+func TestLiveCARotationWithServerDown(t *testing.T) {
+	t.Parallel()
+	servers, metrics := liveCluster(t)
+	s1, s3 := servers[0], servers[2]
+	s3.Kill(t)
+	up := servers[:2]
+	avail := sampleReady(up)
+
+	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", s1.DataDir)
+	assertRotateCASaved(t, rotateCA(t, s1, filepath.Join(s1.DataDir, "server", "rotate-ca")))
+	rec, _ := currentRecord(t, s1)
+	const waiting = "waiting for the other etcd members before restarting this one"
+	if !waitUntil(t, 3*time.Minute, func() (bool, string) {
+		for _, s := range up {
+			if strings.Contains(s.Stderr(), waiting) {
+				return true, ""
+			}
+		}
+		return false, "no server waits for the missing member"
+	}) {
+		t.Fatalf("%s\n%s", up[0].tail(20), up[1].tail(20))
+	}
+	for _, s := range up {
+		if w := etcdRestarts(t, s); len(w) > 0 {
+			t.Errorf("server %s restarted its member while another was down: %+v", s.IP, w)
+		}
+	}
+
+	restarted := launch(t, serverSpec{dataDir: s3.DataDir, ip: s3.IP, ports: &s3.Ports,
+		args: []string{"--node-name", "live-3", "--server", s1.SupervisorURL(), "--token", readTokenFile(t, s3.DataDir, "token"), "--metrics-address", metrics[2]}})
+	restarted.WaitReady(t)
+	servers[2] = restarted
+	waitAllLiveDone(t, up, metrics[:2], rec)
+	assertQuorumKept(t, avail())
+	assertDiskMatchesRecord(t, restarted.DataDir, rec)
+	haWaitMembers(t, s1, servers...)
+	agentPW := haAgentPassword(t, s1)
+	for i, s := range servers {
+		assertLeavesChainToRecord(t, s, rec)
+		r := haSignSettled(t, s, agentPW, fmt.Sprintf("down-node-%d", i+1), randomHex(16))
+		haCheckSigned(t, fmt.Sprintf("kube-proxy CSR signed by %s after the rotation", s.IP), r, filepath.Join(s.TLSDir(), "client-ca.crt"))
+	}
+}

@@ -327,3 +327,28 @@ func TestLiveCARotationExternalEtcd(t *testing.T) {
 	assertRecordFiles(t, "the record after the rollback", rec, orig)
 	x.assertAfter(t, rollback, rec, "extlive-rolledback")
 }
+
+// TestExternalEtcdRefusesFilesKpkiWrites: a server whose --datastore-certfile and -keyfile
+// name the etcd client leaf kpki issues in its own data dir (left by an earlier run on the
+// embedded etcd) is refused at start, the flags named: renewals and CA rotations rewrite
+// those files. Nothing is written, to the data dir or to the external etcd.
+func TestExternalEtcdRefusesFilesKpkiWrites(t *testing.T) {
+	t.Parallel()
+	e := startEtcd(t, true)
+	dd := filepath.Join(t.TempDir(), "data")
+	s := startServer(t, dd)
+	s.WaitReady(t)
+	s.Stop(t)
+	before := hashTree(t, dd)
+	crt, key := filepath.Join(s.TLSDir(), "etcd", "client.crt"), filepath.Join(s.TLSDir(), "etcd", "client.key")
+	code, stderr := startServerOn(t, s.Ports, dd, "--datastore-endpoint", e.Endpoint, "--datastore-cafile", e.CAFile,
+		"--datastore-certfile", crt, "--datastore-keyfile", key).Wait(t, failTimeout)
+	assertFailure(t, code, stderr, "--datastore-certfile "+crt, "--datastore-keyfile "+key, "kpki rewrites")
+	if strings.Contains(stderr, "--datastore-cafile") {
+		t.Errorf("the etcd's own CA file is refused too:\n%s", stderr)
+	}
+	assertTreeUnchanged(t, "a refused start on the external etcd", before, hashTree(t, dd))
+	if keys := snapshotPrefix(t, e.Client(t), "/"); len(keys) != 0 {
+		t.Errorf("the refused start wrote to the external etcd: %v", keyNames(keys))
+	}
+}

@@ -252,6 +252,59 @@ func (c *Config) resolveDatastore(r *resolved, bad *problems) {
 		}
 		r.datastore = append(r.datastore, e)
 	}
+	c.checkDatastoreFiles(bad)
+}
+
+// checkDatastoreFiles refuses external datastore TLS files that kpki writes itself: the
+// files under the data dir's tls and cred directories are re-issued by renewals and CA
+// rotations, so the client of an etcd kpki does not run would end up with certificates
+// that etcd was never set up to trust. The external etcd's certificates are the
+// operator's; kpki only reads them.
+func (c *Config) checkDatastoreFiles(bad *problems) {
+	if c.DataDir == "" {
+		return
+	}
+	l := datadir.Layout{Root: c.DataDir}
+	owned := []string{resolvedPath(l.TLS()), resolvedPath(l.Cred())}
+	for _, f := range []struct{ flag, path string }{
+		{"--datastore-cafile", c.DatastoreCAFile}, {"--datastore-certfile", c.DatastoreCertFile}, {"--datastore-keyfile", c.DatastoreKeyFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		p := resolvedPath(f.path)
+		for _, dir := range owned {
+			if within(dir, p) {
+				bad.add("%s %s is under %s, whose files kpki rewrites (renewals, CA rotations): give the external etcd's own certificate files, not kpki's", f.flag, f.path, dir)
+				break
+			}
+		}
+	}
+}
+
+// resolvedPath is p absolute and clean, with the symlinks of its longest existing prefix
+// resolved: where a write through p would land.
+func resolvedPath(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return filepath.Clean(p)
+	}
+	var rest []string
+	for dir := abs; ; dir = filepath.Dir(dir) {
+		if target, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(append([]string{target}, rest...)...)
+		}
+		if filepath.Dir(dir) == dir {
+			return abs
+		}
+		rest = append([]string{filepath.Base(dir)}, rest...)
+	}
+}
+
+// within reports whether p is dir or below it (both clean and absolute).
+func within(dir, p string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, ".."+string(filepath.Separator))
 }
 
 // checkTokens refuses an agent token whose password is the server token's.

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -74,5 +76,66 @@ func TestResolveDerivesAddressesAndSANs(t *testing.T) {
 	c.CertValidity, c.RenewBefore = time.Hour, time.Hour
 	if _, err := c.resolve(); err == nil || !strings.Contains(err.Error(), "renewal window 1h0m0s must be shorter") {
 		t.Errorf("a renewal window as long as the validity: %v", err)
+	}
+}
+
+func TestResolveRefusesDatastoreFilesKpkiWrites(t *testing.T) {
+	dd := t.TempDir()
+	tlsDir := filepath.Join(dd, "server", "tls")
+	if err := os.MkdirAll(filepath.Join(tlsDir, "etcd"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tlsDir, "etcd", "server-ca.crt"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outside := t.TempDir()
+	// A symlink from outside into kpki's tls dir is refused like the file itself, and a
+	// data dir reached through a symlink like the real one.
+	if err := os.Symlink(filepath.Join(tlsDir, "etcd", "server-ca.crt"), filepath.Join(outside, "ca.crt")); err != nil {
+		t.Fatal(err)
+	}
+	linkedDD := filepath.Join(outside, "dd-link")
+	if err := os.Symlink(dd, linkedDD); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, dataDir, ca, cert, key string
+		refused                      []string
+	}{
+		{"the etcd client leaf kpki issues", dd, "", filepath.Join(tlsDir, "etcd", "client.crt"), filepath.Join(tlsDir, "etcd", "client.key"),
+			[]string{"--datastore-certfile", "--datastore-keyfile"}},
+		{"a symlink into the tls dir", dd, filepath.Join(outside, "ca.crt"), "", "", []string{"--datastore-cafile"}},
+		{"a file not yet written, under cred", dd, filepath.Join(dd, "server", "cred", "etcd-ca.crt"), "", "", []string{"--datastore-cafile"}},
+		{"the data dir through a symlink", linkedDD, "", filepath.Join(dd, "server", "tls", "client.crt"), filepath.Join(dd, "server", "tls", "client.key"),
+			[]string{"--datastore-certfile", "--datastore-keyfile"}},
+		{"the operator's files", dd, filepath.Join(outside, "etcd-ca.crt"), filepath.Join(outside, "client.crt"), filepath.Join(dd, "etcd-client.key"), nil},
+		{"a name that only starts like the tls dir", dd, tlsDir + "-etcd/ca.crt", "", "", nil},
+	} {
+		c := Defaults()
+		c.DataDir = tc.dataDir
+		c.DatastoreEndpoint = "https://127.0.0.1:2379"
+		c.DatastoreCAFile, c.DatastoreCertFile, c.DatastoreKeyFile = tc.ca, tc.cert, tc.key
+		_, err := c.resolve()
+		if len(tc.refused) == 0 {
+			if err != nil {
+				t.Errorf("%s: refused: %v", tc.name, err)
+			}
+			continue
+		}
+		if err == nil {
+			t.Errorf("%s: accepted", tc.name)
+			continue
+		}
+		for _, flag := range []string{"--datastore-cafile", "--datastore-certfile", "--datastore-keyfile"} {
+			if got, want := strings.Contains(err.Error(), flag+" "), slices.Contains(tc.refused, flag); got != want {
+				t.Errorf("%s: %s named in the error: %v, want %v:\n%v", tc.name, flag, got, want, err)
+			}
+		}
+		if !strings.Contains(err.Error(), "kpki rewrites") {
+			t.Errorf("%s: the error does not say why: %v", tc.name, err)
+		}
+	}
+	if entries, err := os.ReadDir(filepath.Join(tlsDir, "etcd")); err != nil || len(entries) != 1 {
+		t.Errorf("the tls dir changed: %v %v", entries, err)
 	}
 }

@@ -18,9 +18,16 @@ import (
 // live, without a restart, up to its last step (an etcd restart included), and returns it.
 func applyRotation(t *testing.T, s *kpkiServer) *kpkiServer {
 	t.Helper()
-	pid := s.cmd.Process.Pid
 	rec, keys := currentRecord(t, s)
-	rev := keys[bootstrapKey(passphrase(readTokenFile(t, s.DataDir, "token")))].modRevision
+	waitAppliedRevision(t, s, rec, keys[bootstrapKey(passphrase(readTokenFile(t, s.DataDir, "token")))].modRevision)
+	return s
+}
+
+// waitAppliedRevision waits until s has applied rec, stored at revision rev, live and logged
+// the apply as finished, and checks that its process kept running.
+func waitAppliedRevision(t *testing.T, s *kpkiServer, rec bootstrapRecord, rev int64) {
+	t.Helper()
+	pid := s.cmd.Process.Pid
 	done := fmt.Sprintf("revision=%d ", rev)
 	if !waitUntil(t, 90*time.Second, func() (bool, string) {
 		if ok, why := liveApplied(s, rec); !ok {
@@ -38,7 +45,6 @@ func applyRotation(t *testing.T, s *kpkiServer) *kpkiServer {
 	if s.exited() || s.cmd.Process.Pid != pid {
 		t.Fatal("the server process did not keep running")
 	}
-	return s
 }
 
 // rollbackCA runs rotate-ca --rollback against s and checks it saved.

@@ -58,14 +58,7 @@ func TestAgentCACheckFollowsLiveRotation(t *testing.T) {
 	}
 	assertTreeUnchanged(t, "agent after unchanged CA checks", tree, hashTree(t, dd))
 
-	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", sdd)
-	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(sdd, "server", "rotate-ca")))
-	s = applyRotation(t, s)
-	bundle := readCerts(t, filepath.Join(s.TLSDir(), "server-ca.crt"))
-	clientBundle := readCerts(t, filepath.Join(s.TLSDir(), "client-ca.crt"))
-	if len(bundle) != 4 || !bundle[3].Equal(oldRoot) || len(clientBundle) != 4 {
-		t.Fatalf("server-ca.crt after the rotation holds %d certificates, want new CA, new root, cross-signed root, old root", len(bundle))
-	}
+	s, bundle, clientBundle := crossSignRotate(t, s, sdd, oldRoot)
 	newCA, newRoot, cross, newClientRoot := bundle[0], bundle[1], bundle[2], clientBundle[1]
 
 	start := time.Now()
@@ -82,14 +75,7 @@ func TestAgentCACheckFollowsLiveRotation(t *testing.T) {
 		t.Fatalf("the agent did not follow the rotation:\n%s", p.log())
 	}
 	t.Logf("the agent followed the rotation %s after the server applied it", time.Since(start).Round(time.Second))
-	select {
-	case <-p.done:
-		t.Fatalf("the agent exited:\n%s", p.log())
-	default:
-	}
-	if p.cmd.Process.Pid != pid {
-		t.Fatal("the agent process changed")
-	}
+	p.assertRunning(t, pid)
 	if n := caChecks(addr, "changed"); n < 1 {
 		t.Errorf("kpki_agent_ca_checks_total{result=\"changed\"} %v, want at least 1", n)
 	}

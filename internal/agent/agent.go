@@ -285,10 +285,10 @@ const retryMin = 10 * time.Second
 
 // Run runs a pass at once and then one every renew interval until ctx ends, when it
 // returns nil. Between passes that succeeded it checks the server's CAs every CA check
-// interval and runs the next pass at once when they changed (checkCA). A pass that fails with a transient error is repeated up to the retry
-// deadline; a pass that still failed is logged and run again, first after 10 s and then
-// after doubling delays up to the renew interval. Only a lock held by another process
-// ends Run with an error.
+// interval and runs the next pass at once when they changed (checkCA). A pass that
+// fails with a transient error is repeated up to the retry deadline; a pass that still
+// failed is logged and run again, first after 10 s and then after doubling delays up to
+// the renew interval. Only a lock held by another process ends Run with an error.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.release()
 	if err := a.lockIfPresent(); err != nil {

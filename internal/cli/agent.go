@@ -66,7 +66,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	f.IntVar(&cfg.APIServerPort, "api-server-port", cfg.APIServerPort, "kube-apiserver port, on the --server host, written into the kubeconfigs")
 	f.IntVar(&cfg.RenewBeforeDays, "renew-before-days", cfg.RenewBeforeDays, "renew certificates this many days before they expire")
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running agent checks for certificates to renew")
-	f.DurationVar(&cfg.CACheckInterval, "ca-check-interval", cfg.CACheckInterval, "how often the running agent checks, between passes, whether the server's CAs changed (a CA rotation) and then runs a pass at once; 0: only on passes; at most --renew-interval (default: off when --renew-interval is shorter)")
+	f.DurationVar(&cfg.CACheckInterval, "ca-check-interval", cfg.CACheckInterval, "how often the running agent checks between passes whether the server's CAs changed (a CA rotation), running a pass at once when they did; 0: off; at most --renew-interval (not given: off when --renew-interval is shorter)")
 	f.DurationVar(&cfg.RetryDeadline, "retry-deadline", cfg.RetryDeadline, "how long a pass that fails with a transient error (server unreachable, 5xx, timeout) is repeated; 0: try each server once")
 	f.BoolVar(&once, "once", false, "run one pass (join or renew) and exit")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", `serve Prometheus metrics (the node's certificate expiry, passes, signed certificates) over plain HTTP at http://<host:port>/metrics; "" (the default) serves none; --once serves none either`)

@@ -64,6 +64,11 @@ type Config struct {
 	APIServerPort   int
 	RenewBeforeDays int
 	RenewInterval   time.Duration
+	// CACheckInterval is how often Run, between passes, fetches the server's CAs over
+	// the channel it trusts and compares them with its copies on disk; a difference runs
+	// a pass at once. 0: no check, a CA rotation is noticed on the next pass. At most
+	// RenewInterval.
+	CACheckInterval time.Duration
 	// RetryDeadline bounds how long one pass is repeated after transient failures
 	// (a server unreachable or answering 5xx, a timeout), with growing waits and moving
 	// through the server URLs. 0: every server is tried once, without waiting.
@@ -80,6 +85,7 @@ func Defaults() Config {
 		APIServerPort:   6443,
 		RenewBeforeDays: certs.DefaultRenewBeforeDays,
 		RenewInterval:   time.Hour,
+		CACheckInterval: time.Minute,
 	}
 }
 
@@ -134,6 +140,9 @@ type Agent struct {
 	// them (or the token names it). nil until the first pass has pinned or resumed it.
 	trust       *trust.Trust
 	warnedShort bool
+	// checkFailing is set from a failed CA check to the next one that succeeds: one
+	// warning per streak of failures.
+	checkFailing bool
 
 	sleep  func(ctx context.Context, d time.Duration) error
 	jitter func(d time.Duration) time.Duration
@@ -231,6 +240,12 @@ func New(cfg Config, opts Options) (*Agent, error) {
 	if cfg.RenewInterval <= 0 {
 		bad("--renew-interval %s must be positive", cfg.RenewInterval)
 	}
+	switch {
+	case cfg.CACheckInterval < 0:
+		bad("--ca-check-interval %s must not be negative (0 turns the CA check off)", cfg.CACheckInterval)
+	case cfg.RenewInterval > 0 && cfg.CACheckInterval > cfg.RenewInterval:
+		bad("--ca-check-interval %s must not be longer than --renew-interval %s (0 turns the CA check off)", cfg.CACheckInterval, cfg.RenewInterval)
+	}
 	if cfg.RetryDeadline < 0 {
 		bad("--retry-deadline %s must not be negative", cfg.RetryDeadline)
 	}
@@ -269,10 +284,11 @@ func (a *Agent) serverList() string {
 const retryMin = 10 * time.Second
 
 // Run runs a pass at once and then one every renew interval until ctx ends, when it
-// returns nil. A pass that fails with a transient error is repeated up to the retry
-// deadline; a pass that still failed is logged and run again, first after 10 s and then
-// after doubling delays up to the renew interval. Only a lock held by another process
-// ends Run with an error.
+// returns nil. Between passes that succeeded it checks the server's CAs every CA check
+// interval and runs the next pass at once when they changed (checkCA). A pass that
+// fails with a transient error is repeated up to the retry deadline; a pass that still
+// failed is logged and run again, first after 10 s and then after doubling delays up to
+// the renew interval. Only a lock held by another process ends Run with an error.
 func (a *Agent) Run(ctx context.Context) error {
 	defer a.release()
 	if err := a.lockIfPresent(); err != nil {
@@ -313,14 +329,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			retry = 0
 		}
-		t := a.clock.NewTicker(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		// After a failed pass the retries follow the CA; checks run between passes that
+		// succeeded.
+		if !a.waitNextPass(ctx, wait, err == nil) {
 			a.stopping()
 			return nil
-		case <-t.C():
-			t.Stop()
 		}
 	}
 }

@@ -669,6 +669,9 @@ func TestBadConfig(t *testing.T) {
 		{"bad node ip", func(c *Config) { c.NodeIPs = []string{"10.0.0.1,10.0.0.300"} }, `--node-ip "10.0.0.300" is not an IP address`},
 		{"bad port", func(c *Config) { c.APIServerPort = 70000 }, "--api-server-port 70000 is not a port number"},
 		{"bad interval", func(c *Config) { c.RenewInterval = 0 }, "--renew-interval 0s must be positive"},
+		{"negative CA check", func(c *Config) { c.CACheckInterval = -time.Second }, "--ca-check-interval -1s must not be negative (0 turns the CA check off)"},
+		{"CA check above the renew interval", func(c *Config) { c.RenewInterval, c.CACheckInterval = 30*time.Second, time.Minute },
+			"--ca-check-interval 1m0s must not be longer than --renew-interval 30s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := Defaults()

@@ -83,10 +83,16 @@ func (a *Agent) connect(ctx context.Context) (*api.Client, map[certs.CAID]caFile
 		return nil, nil, err
 	}
 	a.acceptTrust(tr)
-	return c, map[certs.CAID]caFile{
+	return c, agentCAs(tr, clientPEM, clientList), nil
+}
+
+// agentCAs are the CA copies the agent keeps for the trust tr and the client CA bundle
+// served as clientPEM (parsed: clientList).
+func agentCAs(tr *trust.Trust, clientPEM []byte, clientList []*x509.Certificate) map[certs.CAID]caFile {
+	return map[certs.CAID]caFile{
 		certs.ServerCA: {certs.CA(certs.ServerCA).CertFile, tr.TrustedPEM(), tr.CA()},
 		certs.ClientCA: {certs.CA(certs.ClientCA).CertFile, clientPEM, &pki.CA{Cert: clientList[0], Bundle: clientList, BundlePEM: clientPEM}},
-	}, nil
+	}
 }
 
 // caFile is a CA the agent keeps: its file under <dd>/agent, the bytes written there,

@@ -24,7 +24,9 @@ func newAgentCmd() *cobra.Command {
 certificates (kubelet client and serving, kube-proxy, kpki-controller) for keys generated on
 this node, and writes them with the CA bundles and kubeconfigs under <data-dir>/agent. It then
 checks every --renew-interval and renews certificates that expire within --renew-before-days,
-keeping their keys. With --once it runs one pass and exits.
+keeping their keys. Between passes it fetches the server's CAs every --ca-check-interval over
+the connection it trusts and, when they differ from its copies (a CA rotation), runs a pass at
+once. With --once it runs one pass and exits.
 
 A pass that fails because the server cannot be reached, answers 5xx (for instance 503
 "datastore unavailable (no quorum)") or times out is repeated with growing waits for up to
@@ -39,6 +41,9 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.ServerURL = strings.Join(servers, ",")
+			if !cmd.Flags().Changed("ca-check-interval") && cfg.CACheckInterval > cfg.RenewInterval {
+				cfg.CACheckInterval = 0 // every pass checks the CAs already, more often
+			}
 			a, err := agent.New(cfg, agent.Options{Log: newLogger(cmd)})
 			if err != nil {
 				return err
@@ -61,6 +66,7 @@ A pass that fails because the server cannot be reached, answers 5xx (for instanc
 	f.IntVar(&cfg.APIServerPort, "api-server-port", cfg.APIServerPort, "kube-apiserver port, on the --server host, written into the kubeconfigs")
 	f.IntVar(&cfg.RenewBeforeDays, "renew-before-days", cfg.RenewBeforeDays, "renew certificates this many days before they expire")
 	f.DurationVar(&cfg.RenewInterval, "renew-interval", cfg.RenewInterval, "how often the running agent checks for certificates to renew")
+	f.DurationVar(&cfg.CACheckInterval, "ca-check-interval", cfg.CACheckInterval, "how often the running agent checks between passes whether the server's CAs changed (a CA rotation), running a pass at once when they did; 0: off; at most --renew-interval (not given: off when --renew-interval is shorter)")
 	f.DurationVar(&cfg.RetryDeadline, "retry-deadline", cfg.RetryDeadline, "how long a pass that fails with a transient error (server unreachable, 5xx, timeout) is repeated; 0: try each server once")
 	f.BoolVar(&once, "once", false, "run one pass (join or renew) and exit")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", "", `serve Prometheus metrics (the node's certificate expiry, passes, signed certificates) over plain HTTP at http://<host:port>/metrics; "" (the default) serves none; --once serves none either`)

@@ -110,6 +110,14 @@ func Usages(c *x509.Certificate) string {
 	return strings.Join(u, ",")
 }
 
+// Results of an agent's CA check, the values of kpki_agent_ca_checks_total's result
+// label.
+const (
+	CACheckUnchanged = "unchanged"
+	CACheckChanged   = "changed"
+	CACheckFailed    = "failed"
+)
+
 // Agent is the set of metrics of `kpki agent --metrics-address`.
 type Agent struct {
 	Registry *prometheus.Registry
@@ -127,6 +135,9 @@ type Agent struct {
 	CAUntrusted prometheus.Gauge
 	// TrustedRoots counts the server CA roots the agent trusts.
 	TrustedRoots prometheus.Gauge
+	// CAChecks counts the checks of the server's CAs between passes, by result:
+	// "unchanged", "changed" (a pass ran at once) or "failed".
+	CAChecks *prometheus.CounterVec
 }
 
 // NewAgent creates and registers the agent's metrics.
@@ -154,6 +165,10 @@ func NewAgent() *Agent {
 			Name: "kpki_agent_trusted_roots",
 			Help: "Server CA roots this agent trusts: the one its token pinned and each added by a cross-signed rotation.",
 		}),
+		CAChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kpki_agent_ca_checks_total",
+			Help: "Checks of the server's CAs between certificate passes (every --ca-check-interval), by result: unchanged, changed (a pass ran at once) or failed.",
+		}, []string{"result"}),
 	}
 	for _, a := range []string{"issue", "renew"} {
 		m.Signed.WithLabelValues(a)
@@ -161,7 +176,10 @@ func NewAgent() *Agent {
 	for _, r := range []string{"ok", "error"} {
 		m.Passes.WithLabelValues(r)
 	}
-	m.Registry.MustRegister(m.CertExpiry, m.Signed, m.Passes, m.LastSuccess, m.CAUntrusted, m.TrustedRoots)
+	for _, r := range []string{CACheckUnchanged, CACheckChanged, CACheckFailed} {
+		m.CAChecks.WithLabelValues(r)
+	}
+	m.Registry.MustRegister(m.CertExpiry, m.Signed, m.Passes, m.LastSuccess, m.CAUntrusted, m.TrustedRoots, m.CAChecks)
 	return m
 }
 

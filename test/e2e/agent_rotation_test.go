@@ -47,6 +47,36 @@ func waitAppliedRevision(t *testing.T, s *kpkiServer, rec bootstrapRecord, rev i
 	}
 }
 
+// crossSignRotate runs cross-sign-ca and rotate-ca on s, whose data dir is sdd, waits
+// until s applied the rotation live and returns s and the server and client CA bundles
+// it then holds, each new CA, new root, cross-signed root, old root (oldRoot for the
+// server CA).
+func crossSignRotate(t *testing.T, s *kpkiServer, sdd string, oldRoot *x509.Certificate) (*kpkiServer, []*x509.Certificate, []*x509.Certificate) {
+	t.Helper()
+	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", sdd)
+	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(sdd, "server", "rotate-ca")))
+	s = applyRotation(t, s)
+	bundle := readCerts(t, filepath.Join(s.TLSDir(), "server-ca.crt"))
+	clientBundle := readCerts(t, filepath.Join(s.TLSDir(), "client-ca.crt"))
+	if len(bundle) != 4 || !bundle[3].Equal(oldRoot) || len(clientBundle) != 4 {
+		t.Fatalf("server-ca.crt after the rotation holds %d certificates, want new CA, new root, cross-signed root, old root", len(bundle))
+	}
+	return s, bundle, clientBundle
+}
+
+// assertRunning fails the test when the agent exited or is not the process pid.
+func (p *agentProc) assertRunning(t *testing.T, pid int) {
+	t.Helper()
+	select {
+	case <-p.done:
+		t.Fatalf("the agent exited:\n%s", p.log())
+	default:
+	}
+	if p.cmd.Process.Pid != pid {
+		t.Fatal("the agent process changed")
+	}
+}
+
 // rollbackCA runs rotate-ca --rollback against s and checks it saved.
 func rollbackCA(t *testing.T, s *kpkiServer) {
 	t.Helper()
@@ -162,14 +192,7 @@ func TestAgentLiveCARotation(t *testing.T) {
 	p.waitMetric(t, addr, "kpki_agent_trusted_roots", 1)
 	pid := p.cmd.Process.Pid
 
-	kpkiOK(t, "certificate", "cross-sign-ca", "--data-dir", sdd)
-	assertRotateCASaved(t, rotateCA(t, s, filepath.Join(sdd, "server", "rotate-ca")))
-	s = applyRotation(t, s)
-	bundle := readCerts(t, filepath.Join(s.TLSDir(), "server-ca.crt"))
-	clientBundle := readCerts(t, filepath.Join(s.TLSDir(), "client-ca.crt"))
-	if len(bundle) != 4 || !bundle[3].Equal(oldRoot) || len(clientBundle) != 4 {
-		t.Fatalf("server-ca.crt after the rotation holds %d certificates, want new CA, new root, cross-signed root, old root", len(bundle))
-	}
+	s, bundle, clientBundle := crossSignRotate(t, s, sdd, oldRoot)
 	newCA, newRoot, cross := bundle[0], bundle[1], bundle[2]
 
 	p.waitFor(t, "leaves under the new CAs", func() bool { return leavesUnder(t, s, ddA) })
@@ -210,14 +233,7 @@ func TestAgentLiveCARotation(t *testing.T) {
 	if v, _ := agentMetric(addr, "kpki_agent_trusted_roots"); v != 2 {
 		t.Errorf("kpki_agent_trusted_roots %v after the rollback, want 2", v)
 	}
-	select {
-	case <-p.done:
-		t.Fatalf("the agent exited:\n%s", p.log())
-	default:
-	}
-	if p.cmd.Process.Pid != pid {
-		t.Fatal("the agent process changed")
-	}
+	p.assertRunning(t, pid)
 	p.stop(t)
 
 	// Restarted with its old token: nothing to sign, nothing to write.

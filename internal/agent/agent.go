@@ -85,7 +85,7 @@ func Defaults() Config {
 		APIServerPort:   6443,
 		RenewBeforeDays: certs.DefaultRenewBeforeDays,
 		RenewInterval:   time.Hour,
-		CACheckInterval: time.Minute,
+		CACheckInterval: 5 * time.Minute,
 	}
 }
 

@@ -261,19 +261,19 @@ func (s *Server) leafSigners(cas map[certs.CAID]*pki.CA) (map[certs.CAID]*pki.CA
 func readCAFiles(crt, key string) (*pki.CA, error) {
 	certPEM, err := os.ReadFile(crt)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}
 	bundle, err := pki.ParseCerts(certPEM)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("CA certificate %s: %w", crt, err)
 	}
 	keyPEM, err := os.ReadFile(key)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("read CA key: %w", err)
 	}
 	k, err := pki.ParseKey(keyPEM)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("CA key %s: %w", key, err)
 	}
 	return &pki.CA{Cert: bundle[0], Key: k, Bundle: bundle, BundlePEM: certPEM}, nil
 }

@@ -251,25 +251,12 @@ func (s *Server) readCAs() (map[certs.CAID]*pki.CA, error) {
 	now := s.clock.Now()
 	for _, c := range certs.CAs {
 		crt, kf := s.caPaths(c)
-		certPEM, err := os.ReadFile(crt)
+		ca, err := readCAFiles(crt, kf)
 		if err != nil {
-			return nil, fmt.Errorf("read CA certificate: %w", err)
+			return nil, err
 		}
-		bundle, err := pki.ParseCerts(certPEM)
-		if err != nil {
-			return nil, fmt.Errorf("CA certificate %s: %w", crt, err)
-		}
-		keyPEM, err := os.ReadFile(kf)
-		if err != nil {
-			return nil, fmt.Errorf("read CA key: %w", err)
-		}
-		key, err := pki.ParseKey(keyPEM)
-		if err != nil {
-			return nil, fmt.Errorf("CA key %s: %w", kf, err)
-		}
-		ca := &pki.CA{Cert: bundle[0], Key: key, Bundle: bundle, BundlePEM: certPEM}
 		if err := pki.CheckCA(ca, now); err != nil {
-			if !pki.KeyMatchesCert(key, bundle[0]) {
+			if !pki.KeyMatchesCert(ca.Key, ca.Cert) {
 				return nil, fmt.Errorf("CA %s: key %s does not match the certificate", crt, kf)
 			}
 			return nil, fmt.Errorf("CA %s: %w", crt, err)

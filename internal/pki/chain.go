@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -42,10 +43,13 @@ func FindRoot(bundle []*x509.Certificate) (*x509.Certificate, error) {
 	return cur, nil
 }
 
-// chainPath is the path FindRoot walks: start, then at each step the issuer of the last
-// certificate found among candidates (a self-signed one preferred), up to a self-signed
-// certificate or to the last certificate whose issuer is not in candidates. It gives up
-// after maxRootChecks signature checks.
+// chainPath is the path FindRoot walks: start, then issuers found among candidates up
+// to a self-signed certificate. It searches depth first, trying at each step the
+// self-signed issuers before the others (in bundle order), and backtracks from an issuer
+// that leads nowhere, so a chain is found whenever one exists in the bundle. Without
+// one, it returns the first path it walked, which ends at the certificate whose issuer
+// is missing. Each certificate is visited once; the search gives up after maxRootChecks
+// signature checks.
 func chainPath(start *x509.Certificate, candidates []*x509.Certificate) ([]*x509.Certificate, error) {
 	checks := 0
 	signedBy := func(c, parent *x509.Certificate) bool {
@@ -55,36 +59,52 @@ func chainPath(start *x509.Certificate, candidates []*x509.Certificate) ([]*x509
 		checks++
 		return c.CheckSignatureFrom(parent) == nil
 	}
-	tooMany := func() error {
-		return fmt.Errorf("certificate bundle of %d certificates is too complex to find its root (over %d signature checks)", len(candidates)+1, maxRootChecks)
-	}
-	path := []*x509.Certificate{start}
+	errTooMany := fmt.Errorf("certificate bundle of %d certificates is too complex to find its root (over %d signature checks)", len(candidates)+1, maxRootChecks)
 	seen := map[string]bool{string(start.Raw): true}
-	cur := start
-	for !signedBy(cur, cur) {
-		var next *x509.Certificate
+	var deadEnd []*x509.Certificate
+	var walk func(path []*x509.Certificate) ([]*x509.Certificate, error)
+	walk = func(path []*x509.Certificate) ([]*x509.Certificate, error) {
+		cur := path[len(path)-1]
+		if signedBy(cur, cur) {
+			return path, nil
+		}
+		var roots, others []*x509.Certificate
 		for _, cand := range candidates {
 			if checks > maxRootChecks {
-				return nil, tooMany()
+				return nil, errTooMany
 			}
 			if seen[string(cand.Raw)] || !signedBy(cur, cand) {
 				continue
 			}
-			if next == nil || (signedBy(cand, cand) && !signedBy(next, next)) {
-				next = cand
+			seen[string(cand.Raw)] = true
+			if signedBy(cand, cand) {
+				roots = append(roots, cand)
+			} else {
+				others = append(others, cand)
 			}
 		}
 		if checks > maxRootChecks {
-			return nil, tooMany()
+			return nil, errTooMany
 		}
-		if next == nil {
-			break
+		if len(roots) > 0 {
+			return append(path, roots[0]), nil
 		}
-		seen[string(next.Raw)] = true
-		path = append(path, next)
-		cur = next
+		if len(others) == 0 && deadEnd == nil {
+			deadEnd = slices.Clone(path)
+		}
+		for _, next := range others {
+			found, err := walk(append(path[:len(path):len(path)], next))
+			if err != nil || found != nil {
+				return found, err
+			}
+		}
+		return nil, nil
 	}
-	return path, nil
+	path, err := walk([]*x509.Certificate{start})
+	if err != nil || path != nil {
+		return path, err
+	}
+	return deadEnd, nil
 }
 
 // ChainExpiry returns the earliest NotAfter of the CA's signing chain — its certificate

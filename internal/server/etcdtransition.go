@@ -263,19 +263,15 @@ func readCAFiles(crt, key string) (*pki.CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA certificate: %w", err)
 	}
-	bundle, err := pki.ParseCerts(certPEM)
-	if err != nil {
-		return nil, fmt.Errorf("CA certificate %s: %w", crt, err)
-	}
 	keyPEM, err := os.ReadFile(key)
 	if err != nil {
 		return nil, fmt.Errorf("read CA key: %w", err)
 	}
-	k, err := pki.ParseKey(keyPEM)
+	ca, err := pki.LoadCA(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("CA key %s: %w", key, err)
+		return nil, fmt.Errorf("CA %s (key %s): %w", crt, key, err)
 	}
-	return &pki.CA{Cert: bundle[0], Key: k, Bundle: bundle, BundlePEM: certPEM}, nil
+	return ca, nil
 }
 
 // runEtcdTransition takes this member through the remaining phases of t.

@@ -39,6 +39,8 @@ type EmbeddedConfig struct {
 	JoinExisting  bool
 	UnsafeNoFsync bool
 	StartTimeout  time.Duration
+	// LogLevel is etcd's log level (its log file); "warn" when empty.
+	LogLevel string
 
 	// sharedHTTP serves etcd's HTTP endpoints on the client port too (gRPC then goes
 	// through net/http's HTTP/2 server), as kpki did before; for the benchmark that
@@ -162,6 +164,9 @@ func (c EmbeddedConfig) embedConfig() (*embed.Config, error) {
 	cfg.PeerTLSInfo.ClientCertAuth = true
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
 	cfg.LogLevel = "warn"
+	if c.LogLevel != "" {
+		cfg.LogLevel = c.LogLevel
+	}
 	if c.LogFile != "" {
 		if err := os.MkdirAll(filepath.Dir(c.LogFile), 0o700); err != nil {
 			return nil, fmt.Errorf("create log dir: %w", err)

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -110,7 +111,17 @@ func (s *Server) etcdConfig() datastore.EmbeddedConfig {
 		ClientCert:    ccrt,
 		ClientKey:     ckey,
 		UnsafeNoFsync: s.cfg.EtcdUnsafeNoFsync,
+		LogLevel:      s.etcdLogLevel(),
 	}
+}
+
+// etcdLogLevel is the embedded member's log level: info when kpki logs at debug
+// (--debug), warn otherwise.
+func (s *Server) etcdLogLevel() string {
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		return "info"
+	}
+	return "warn"
 }
 
 // startEtcdMember starts the embedded member; join starts it into an existing cluster

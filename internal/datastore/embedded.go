@@ -16,6 +16,7 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 	"go.etcd.io/etcd/server/v3/embed"
+	"google.golang.org/grpc"
 )
 
 // EmbeddedConfig describes the embedded etcd member of a server.
@@ -65,7 +66,33 @@ type Embedded struct {
 // what it reports while stopping is not taken for a failure.
 type member struct {
 	etcd    *embed.Etcd
+	grpc    *grpcServers
 	stopped atomic.Bool
+}
+
+// grpcServers are the gRPC servers etcd made for the member's client listeners.
+type grpcServers struct {
+	mu   sync.Mutex
+	list []*grpc.Server
+}
+
+func (g *grpcServers) add(s *grpc.Server) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.list = append(g.list, s)
+}
+
+// stop closes every connection of the servers at once. etcd's own close stops a gRPC
+// server that serves the client port natively gracefully, waiting up to its request
+// timeout (7 s) for the open watch streams of other clients (kube-apiserver's) to end;
+// the member would be down for that long on every restart and shutdown.
+func (g *grpcServers) stop() {
+	g.mu.Lock()
+	list := g.list
+	g.mu.Unlock()
+	for _, s := range list {
+		s.Stop()
+	}
 }
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
@@ -208,6 +235,8 @@ func startMember(ctx context.Context, c EmbeddedConfig) (*member, error) {
 	if err != nil {
 		return nil, err
 	}
+	grpcs := &grpcServers{}
+	cfg.ServiceRegister = grpcs.add
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("start embedded etcd (data %s): %w", c.DataDir, err)
@@ -229,12 +258,13 @@ func startMember(ctx context.Context, c EmbeddedConfig) (*member, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
-	return &member{etcd: e}, nil
+	return &member{etcd: e, grpc: grpcs}, nil
 }
 
 // stop stops the member once; a second call does nothing.
 func (m *member) stop() {
 	if m.stopped.CompareAndSwap(false, true) {
+		m.grpc.stop()
 		m.etcd.Close()
 	}
 }

@@ -87,3 +87,46 @@ func TestLockIsExclusive(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRestartDoesNotWaitForWatches: another client (as kube-apiserver) holds a watch on
+// the member. A restart closes it at once rather than waiting out etcd's graceful stop,
+// which lasts its request timeout (7 s) while a watch stream is open; the watch then
+// sees the member go and works again on the restarted member.
+func TestRestartDoesNotWaitForWatches(t *testing.T) {
+	e, cfg, _ := startEtcd(t)
+	defer e.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	other, err := Connect(ctx, []string{cfg.ClientURL()}, cfg.clientTLS(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	wch := other.Client().Watch(ctx, "/w")
+	if err := e.Put(ctx, "/w", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := <-wch; ev.Err() != nil || len(ev.Events) != 1 {
+		t.Fatalf("watch before the restart: %+v", ev)
+	}
+	start := time.Now()
+	if err := e.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	t.Logf("restart with an open watch: %v", took)
+	if took > 5*time.Second {
+		t.Errorf("the restart took %v: the member waited for the open watch stream", took)
+	}
+	if err := e.Put(ctx, "/w", []byte("2")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-wch:
+		if ev.Err() != nil || len(ev.Events) != 1 || string(ev.Events[0].Kv.Value) != "2" {
+			t.Fatalf("watch after the restart: %+v", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watch saw nothing after the restart")
+	}
+}

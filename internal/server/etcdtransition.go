@@ -19,7 +19,6 @@ import (
 
 	"github.com/kpki/kpki/internal/bootstrap"
 	"github.com/kpki/kpki/internal/certs"
-	"github.com/kpki/kpki/internal/clock"
 	"github.com/kpki/kpki/internal/datadir"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/rotation"
@@ -301,15 +300,12 @@ func (s *Server) runEtcdTransition(ctx context.Context, t *etcdTransition) error
 // re-issues the etcd leaves (phase 2), restarts the member with the phase's trust, waits
 // for it to serve the cluster and publishes the phase.
 func (s *Server) transitionPhase(ctx context.Context, t *etcdTransition, p int) error {
-	lock, err := s.store.Lock(ctx, etcdRestartLock, s.r.nodeName, etcdLockTTL, etcdLockWait, etcdLockPoll, s.clock)
+	what := fmt.Sprintf("etcd CA transition phase %d", p)
+	release, err := s.lockRestart(ctx, what)
 	if err != nil {
-		return fmt.Errorf("etcd CA transition phase %d: the etcd restart lock was not taken: %w", p, err)
+		return err
 	}
-	defer func() {
-		if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
-			s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
-		}
-	}()
+	defer release()
 	t.Phase = p
 	if err := s.saveTransition(t); err != nil {
 		return err
@@ -322,19 +318,12 @@ func (s *Server) transitionPhase(ctx context.Context, t *etcdTransition, p int) 
 			return err
 		}
 	}
-	if err := s.waitQuorumWithoutMe(ctx); err != nil {
-		return err
-	}
 	s.embedded.SetTrust(s.etcdTrust())
-	s.log.Info("restarting embedded etcd for the etcd CA transition", "transition", t.ID, "phase", p)
-	if err := s.embedded.Restart(ctx); err != nil {
-		return err
-	}
-	if err := s.waitEtcdHealthy(ctx); err != nil {
-		return fmt.Errorf("etcd CA transition phase %d: embedded etcd restarted but does not serve the cluster: %w", p, err)
+	if err := s.restartMember(ctx, func() {}, "restarting embedded etcd for the etcd CA transition", "transition", t.ID, "phase", p); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if err := s.store.Put(ctx, transitionPrefix+t.ID+"/"+s.r.nodeName, []byte(strconv.Itoa(p))); err != nil {
-		return fmt.Errorf("etcd CA transition phase %d: publish: %w", p, err)
+		return fmt.Errorf("%s: publish: %w", what, err)
 	}
 	s.log.Info("embedded etcd reached the etcd CA transition phase", "transition", t.ID, "phase", p)
 	return nil
@@ -343,35 +332,36 @@ func (s *Server) transitionPhase(ctx context.Context, t *etcdTransition, p int) 
 // waitMembersAt waits until every member of the etcd cluster has published phase p or
 // a later one, for at most transitionWait.
 func (s *Server) waitMembersAt(ctx context.Context, id string, p int) error {
-	deadline := s.clock.Now().Add(transitionWait)
-	lastLog := time.Time{}
-	for {
-		pending, err := s.membersBelow(ctx, id, p)
+	var (
+		lastLog time.Time
+		pending []string
+		err     error
+	)
+	ok, cerr := s.pollFor(ctx, transitionWait, transitionPoll, func() bool {
+		pending, err = s.membersBelow(ctx, id, p)
 		if err == nil && len(pending) == 0 {
-			return nil
+			return true
 		}
-		now := s.clock.Now()
-		if !now.Before(deadline) {
-			if err != nil {
-				return fmt.Errorf("etcd CA transition: waiting for every member to reach phase %d: %w", p, err)
-			}
-			return fmt.Errorf("etcd CA transition: members %s have not reached phase %d after %s", strings.Join(pending, ", "), p, transitionWait)
-		}
-		if now.Sub(lastLog) >= 30*time.Second {
+		if now := s.clock.Now(); now.Sub(lastLog) >= 30*time.Second {
 			s.log.Info("waiting for the other etcd members to reach the etcd CA transition phase", "transition", id, "phase", p, "pending", pending, "error", err)
 			lastLog = now
 		}
-		if err := clock.Sleep(ctx, s.clock, transitionPoll); err != nil {
-			return err
-		}
+		return false
+	})
+	switch {
+	case cerr != nil:
+		return cerr
+	case ok:
+		return nil
+	case err != nil:
+		return fmt.Errorf("etcd CA transition: waiting for every member to reach phase %d: %w", p, err)
 	}
+	return fmt.Errorf("etcd CA transition: members %s have not reached phase %d after %s", strings.Join(pending, ", "), p, transitionWait)
 }
 
 // membersBelow lists the members that have not published phase p (or a later one).
 func (s *Server) membersBelow(ctx context.Context, id string, p int) ([]string, error) {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	resp, err := s.store.Client().MemberList(cctx)
+	list, err := s.etcdMemberList(ctx, 5*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -387,13 +377,9 @@ func (s *Server) membersBelow(ctx context.Context, id string, p int) ([]string, 
 		}
 	}
 	var pending []string
-	for _, m := range resp.Members {
-		name := m.Name
-		if name == "" {
-			name = fmt.Sprintf("%x (not started)", m.ID)
-		}
+	for _, m := range list {
 		if n, ok := reached[m.Name]; !ok || n < p {
-			pending = append(pending, name)
+			pending = append(pending, memberLabel(m))
 		}
 	}
 	return pending, nil

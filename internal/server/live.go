@@ -13,6 +13,8 @@ import (
 	"github.com/kpki/kpki/internal/bootstrap"
 	"github.com/kpki/kpki/internal/certs"
 	"github.com/kpki/kpki/internal/clock"
+	"github.com/kpki/kpki/internal/datastore"
+	"github.com/kpki/kpki/internal/membership"
 	"github.com/kpki/kpki/internal/passwd"
 	"github.com/kpki/kpki/internal/pki"
 	"github.com/kpki/kpki/internal/rotation"
@@ -324,13 +326,11 @@ func (s *Server) etcdMembers() int {
 	if s.embedded == nil || s.store == nil {
 		return 0
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := s.store.Client().MemberList(ctx)
+	list, err := s.etcdMemberList(context.Background(), 5*time.Second)
 	if err != nil {
 		return 0
 	}
-	return len(resp.Members)
+	return len(list)
 }
 
 // takeRecordPasswd makes a passwd file the apply wrote (another server repaired it in
@@ -367,46 +367,80 @@ func diskRecord(disk map[string]bootstrap.DiskFile) *bootstrap.Record {
 // restartEtcd restarts the embedded member with its new certificates while holding
 // the cluster's etcd restart lock, and releases it once the member serves again.
 func (s *Server) restartEtcd(ctx context.Context) error {
-	lock, err := s.store.Lock(ctx, etcdRestartLock, s.r.nodeName, etcdLockTTL, etcdLockWait, etcdLockPoll, s.clock)
+	release, err := s.lockRestart(ctx, "etcd CAs changed")
 	if err != nil {
-		return fmt.Errorf("etcd CAs changed, but the etcd restart lock was not taken: %w", err)
-	}
-	if err := s.waitQuorumWithoutMe(ctx); err != nil {
-		_ = lock.Unlock(context.WithoutCancel(ctx))
 		return err
 	}
-	s.log.Info("restarting embedded etcd with its new certificates", "lock", lock.Key)
+	defer release()
+	if err := s.restartMember(ctx, func() { s.etcdCAsRunning = s.etcdCAFiles() },
+		"restarting embedded etcd with its new certificates", "lock", datastore.LockPrefix+etcdRestartLock); err != nil {
+		return err
+	}
+	// Logged before the lock is released: the next server's restart starts after it.
+	s.log.Info("embedded etcd restarted with its new certificates and is healthy")
+	return nil
+}
+
+// lockRestart takes the cluster's etcd restart lock, held while one member restarts;
+// release frees it. what says why, in the error.
+func (s *Server) lockRestart(ctx context.Context, what string) (release func(), err error) {
+	lock, err := s.store.Lock(ctx, etcdRestartLock, s.r.nodeName, etcdLockTTL, etcdLockWait, etcdLockPoll, s.clock)
+	if err != nil {
+		return nil, fmt.Errorf("%s: the etcd restart lock was not taken: %w", what, err)
+	}
+	return func() {
+		if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
+			s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
+		}
+	}, nil
+}
+
+// restartMember restarts the embedded member in process, holding the restart lock:
+// once the other members serving are a quorum without it, it logs msg (with attrs),
+// restarts the member, calls restarted, and waits until the member serves the cluster.
+func (s *Server) restartMember(ctx context.Context, restarted func(), msg string, attrs ...any) error {
+	if err := s.waitQuorumWithoutMe(ctx); err != nil {
+		return err
+	}
+	s.log.Info(msg, attrs...)
 	if err := s.embedded.Restart(ctx); err != nil {
 		return err
 	}
-	s.etcdCAsRunning = s.etcdCAFiles()
-	healthy := s.waitEtcdHealthy(ctx)
-	if healthy == nil {
-		// Logged before the lock is released: the next server's restart starts after it.
-		s.log.Info("embedded etcd restarted with its new certificates and is healthy")
-	}
-	if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
-		s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
-	}
-	if healthy != nil {
-		return fmt.Errorf("embedded etcd restarted but does not serve the cluster: %w", healthy)
+	restarted()
+	if err := s.waitEtcdHealthy(ctx); err != nil {
+		return fmt.Errorf("embedded etcd restarted but does not serve the cluster: %w", err)
 	}
 	return nil
+}
+
+// pollFor calls try every poll until it reports true, for at most wait on the
+// server's clock. It reports whether try did; an error only when ctx ended.
+func (s *Server) pollFor(ctx context.Context, wait, poll time.Duration, try func() bool) (bool, error) {
+	deadline := s.clock.Now().Add(wait)
+	for {
+		if try() {
+			return true, nil
+		}
+		if !s.clock.Now().Before(deadline) {
+			return false, nil
+		}
+		if err := clock.Sleep(ctx, s.clock, poll); err != nil {
+			return false, err
+		}
+	}
 }
 
 // waitEtcdHealthy polls the datastore through the restarted member until it answers
 // with a leader, for at most etcdHealthWait.
 func (s *Server) waitEtcdHealthy(ctx context.Context) error {
-	deadline := s.clock.Now().Add(etcdHealthWait)
-	for {
-		err := s.store.Healthy(ctx, 3*time.Second)
-		if err == nil || !s.clock.Now().Before(deadline) {
-			return err
-		}
-		if serr := clock.Sleep(ctx, s.clock, etcdLockPoll); serr != nil {
-			return serr
-		}
+	var err error
+	if _, cerr := s.pollFor(ctx, etcdHealthWait, etcdLockPoll, func() bool {
+		err = s.store.Healthy(ctx, 3*time.Second)
+		return err == nil
+	}); cerr != nil {
+		return cerr
 	}
+	return err
 }
 
 // waitQuorumWithoutMe waits, for at most etcdQuorumWait, until the other members that
@@ -414,26 +448,77 @@ func (s *Server) waitEtcdHealthy(ctx context.Context) error {
 // cluster a leader. A cluster of one member has no such quorum; its restart is the
 // outage it cannot avoid.
 func (s *Server) waitQuorumWithoutMe(ctx context.Context) error {
-	deadline := s.clock.Now().Add(etcdQuorumWait)
-	var lastLog time.Time
-	for {
-		serving, down, members, err := s.store.PeersServing(ctx, s.r.nodeName, 3*time.Second)
+	var (
+		lastLog time.Time
+		down    []string
+		err     error
+	)
+	ok, cerr := s.pollFor(ctx, etcdQuorumWait, etcdLockPoll, func() bool {
+		var serving, members int
+		serving, down, members, err = s.peersServing(ctx, 3*time.Second)
 		if err == nil && (members <= 1 || serving >= members/2+1) {
-			return nil
+			return true
 		}
-		now := s.clock.Now()
-		if !now.Before(deadline) {
-			if err != nil {
-				return fmt.Errorf("embedded etcd not restarted: the other members' state is unknown: %w", err)
-			}
-			return fmt.Errorf("embedded etcd not restarted: without it the cluster would have no quorum (members not serving: %s)", strings.Join(down, ", "))
-		}
-		if now.Sub(lastLog) >= 15*time.Second {
+		if now := s.clock.Now(); now.Sub(lastLog) >= 15*time.Second {
 			s.log.Warn("waiting for the other etcd members before restarting this one: without it the cluster would have no quorum", "not-serving", down, "error", err)
 			lastLog = now
 		}
-		if err := clock.Sleep(ctx, s.clock, etcdLockPoll); err != nil {
-			return err
+		return false
+	})
+	switch {
+	case cerr != nil:
+		return cerr
+	case ok:
+		return nil
+	case err != nil:
+		return fmt.Errorf("embedded etcd not restarted: the other members' state is unknown: %w", err)
+	}
+	return fmt.Errorf("embedded etcd not restarted: without it the cluster would have no quorum (members not serving: %s)", strings.Join(down, ", "))
+}
+
+// etcdMemberList is the members of the embedded etcd cluster, asked for at most timeout.
+func (s *Server) etcdMemberList(ctx context.Context, timeout time.Duration) ([]membership.Member, error) {
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return membership.List(cctx, s.store.Client())
+}
+
+// memberLabel names a member in logs and errors: its name, or its peer URLs until it
+// has started.
+func memberLabel(m membership.Member) string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return strings.Join(m.PeerURLs, ",") + " (not started)"
+}
+
+// peersServing counts the other members of the cluster that answer a status request
+// within timeout, and returns the labels of those that do not, and the cluster's size.
+func (s *Server) peersServing(ctx context.Context, timeout time.Duration) (serving int, down []string, members int, err error) {
+	list, err := s.etcdMemberList(ctx, timeout)
+	if err != nil {
+		return 0, nil, 0, err
+	}
+	cli := s.store.Client()
+	for _, m := range list {
+		if m.Name == s.r.nodeName {
+			continue
+		}
+		ok := false
+		for _, u := range m.ClientURLs {
+			sctx, cancel := context.WithTimeout(ctx, timeout)
+			_, serr := cli.Status(sctx, u)
+			cancel()
+			if serr == nil {
+				ok = true
+				break
+			}
+		}
+		if ok {
+			serving++
+		} else {
+			down = append(down, memberLabel(m))
 		}
 	}
+	return serving, down, len(list), nil
 }

@@ -215,6 +215,13 @@ func (s *Server) liveApplyLoop(ctx context.Context) {
 	}
 }
 
+// unfinishedApply is what an apply found that wrote its files and failed after them
+// (an etcd restart): its retry reports it.
+type unfinishedApply struct {
+	cont    rotation.Continuity
+	changed []string
+}
+
 // applyLive converges this running server to the record in the datastore.
 func (s *Server) applyLive(ctx context.Context) error {
 	rec, rev, err := record.Read(ctx, s.store, s.Password(), nil)
@@ -228,6 +235,13 @@ func (s *Server) applyLive(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if u := s.unfinished; u != nil && !cont.CAsChanged() && !cont.ServiceKey {
+		// The retry of an apply that failed after writing its files finds them written:
+		// what changed, and whether it breaks continuity, is what the first attempt found.
+		cont, changed = u.cont, append(u.changed, changed...)
+		d.disruptive = cont.Disruptive()
+	}
+	s.unfinished = &unfinishedApply{cont: cont, changed: changed}
 	s.own.Set(rev)
 	if t := s.activeTransition(); t != nil && s.embedded != nil {
 		d.restartEtcd = true
@@ -239,6 +253,7 @@ func (s *Server) applyLive(ctx context.Context) error {
 			return err
 		}
 	}
+	s.unfinished = nil
 	s.applyPending.Store(false)
 	s.metrics.RestartRequired.Set(0)
 	if len(changed) == 0 && !d.restartEtcd {
@@ -389,7 +404,11 @@ func (s *Server) lockRestart(ctx context.Context, what string) (release func(), 
 		return nil, fmt.Errorf("%s: the etcd restart lock was not taken: %w", what, err)
 	}
 	return func() {
-		if err := lock.Unlock(context.WithoutCancel(ctx)); err != nil {
+		// Bounded: a member that did not come back cannot take the release, and the lock
+		// then ends with its lease.
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := lock.Unlock(uctx); err != nil {
 			s.log.Warn("could not release the etcd restart lock; it ends with its lease", "lock", lock.Key, "ttl", etcdLockTTL, "error", err)
 		}
 	}, nil

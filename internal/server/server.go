@@ -82,6 +82,9 @@ type Server struct {
 	// applyPending is set while a failed apply waits for its retry.
 	applyCh      chan struct{}
 	applyPending atomic.Bool
+	// unfinished is what the last apply that wrote its files but failed after them
+	// found; only the live apply loop uses it.
+	unfinished *unfinishedApply
 	// etcdCAsRunning are the etcd CA files the embedded member was started with.
 	etcdCAsRunning map[string][]byte
 
